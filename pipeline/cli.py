@@ -1,0 +1,285 @@
+"""The command line of `run.py` (SPEC §5): argument parsing and one small handler per command.
+
+Every subcommand takes `--data-dir`; every setting is also an environment variable (see
+`pipeline.config`). Operator mistakes print one clear line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, load_config
+from pipeline.errors import ConfigError, FoglampError
+from pipeline.log import configure
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="node data directory (INGEST_DATA_DIR, default ./data)")
+    parser = argparse.ArgumentParser(prog="run.py", description="Foglamp ingest node")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the node (the default)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="front worker processes (default: CPU count)")
+
+    orgs = sub.add_parser("orgs", help="organizations and quotas")
+    orgs = orgs.add_subparsers(dest="action", required=True)
+    create = orgs.add_parser("create", parents=[common])
+    create.add_argument("name")
+    create.add_argument("--monthly-span-quota", type=int)
+    set_quota = orgs.add_parser("set-quota", parents=[common], help="NONE removes the quota")
+    set_quota.add_argument("org")
+    set_quota.add_argument("quota")
+    orgs.add_parser("list", parents=[common])
+    usage = orgs.add_parser("usage", parents=[common], help="spans accepted this month vs quota")
+    usage.add_argument("org", nargs="?")
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    kcreate = keys.add_parser("create", parents=[common])
+    kcreate.add_argument("--org", required=True, help="org id or name")
+    kcreate.add_argument("--name", default="")
+    kcreate.add_argument("--rate-limit", type=float, help="requests/s (default INGEST_RATE_LIMIT_RPS)")
+    klist = keys.add_parser("list", parents=[common])
+    klist.add_argument("--org")
+    revoke = keys.add_parser("revoke", parents=[common])
+    revoke.add_argument("key", help="key id or its 12-character prefix")
+    setrl = keys.add_parser("set-rate-limit", parents=[common], help="NONE restores the default")
+    setrl.add_argument("key")
+    setrl.add_argument("rps")
+
+    query = sub.add_parser("query", parents=[common], help="read the store (node running or not)")
+    query.add_argument("sql")
+    query.add_argument("--format", choices=["json", "tsv", "table"], default="table")
+
+    prices = sub.add_parser("prices", parents=[common], help="what a model costs")
+    prices.add_argument("model")
+    prices.add_argument("--provider")
+    prices.add_argument("--input", type=int, default=0)
+    prices.add_argument("--output", type=int, default=0)
+    prices.add_argument("--cache-read", type=int, default=0)
+    prices.add_argument("--cache-write", type=int, default=0)
+    prices.add_argument("--reasoning", type=int, default=0)
+    prices.add_argument("--date", type=dt.date.fromisoformat, help="YYYY-MM-DD (default today)")
+
+    loadtest = sub.add_parser("loadtest", parents=[common], help="load a node on this machine")
+    from bench.loadtest import add_arguments
+
+    add_arguments(loadtest)
+
+    test = sub.add_parser("test", help="lint, then the whole test suite; extra args go to pytest")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+
+    writer = sub.add_parser("_writer", help=argparse.SUPPRESS)
+    writer.set_defaults(internal=True)
+    front = sub.add_parser("_front", help=argparse.SUPPRESS)
+    front.add_argument("--fd", type=int, required=True)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv or ["serve"])
+    handler = HANDLERS[args.command if args.command in HANDLERS else f"{args.command}.{args.action}"]
+    try:
+        return handler(args)
+    except (FoglampError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    overrides = {name: getattr(args, name, None) for name in ("data_dir", "host", "port", "workers")}
+    return load_config(overrides=overrides)
+
+
+# --------------------------------------------------------------------------- serve and children
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from pipeline.supervisor import supervise
+    from pipeline.topology import preflight
+
+    config = config_of(args)
+    configure("supervisor", config.log_level)
+    preflight(config)
+    return trio.run(supervise, config)
+
+
+def _child_config() -> Config:
+    return Config.from_json(os.environ["FOGLAMP_CONFIG"])
+
+
+def cmd_writer(args: argparse.Namespace) -> int:
+    from pipeline.topology import writer_main
+
+    config = _child_config()
+    configure("writer", config.log_level)
+    return writer_main(config)
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+    from pipeline.topology import front_main
+
+    config = _child_config()
+    configure(f"front-{os.getpid()}", config.log_level)
+    return front_main(config, args.fd)
+
+
+# --------------------------------------------------------------------------- control plane
+def _controlplane(args: argparse.Namespace) -> Any:
+    from pipeline.controlplane import ControlPlane
+
+    return ControlPlane.open(config_of(args).controlplane_db)
+
+
+def _optional_number(text: str, kind: Callable[[str], Any]) -> Any:
+    return None if text.strip().lower() in ("none", "unlimited", "default", "") else kind(text)
+
+
+def cmd_orgs_create(args: argparse.Namespace) -> int:
+    with _controlplane(args) as cp:
+        org = cp.create_org(args.name, args.monthly_span_quota)
+    quota = "unlimited" if org.monthly_span_quota is None else org.monthly_span_quota
+    print(f"created org {org.name} (monthly span quota: {quota})")
+    print(org.id)
+    return 0
+
+
+def cmd_orgs_set_quota(args: argparse.Namespace) -> int:
+    with _controlplane(args) as cp:
+        org = cp.set_quota(args.org, _optional_number(args.quota, int))
+    print(f"{org.id} {org.name} monthly_span_quota={org.monthly_span_quota or 'unlimited'}")
+    return 0
+
+
+def cmd_orgs_list(args: argparse.Namespace) -> int:
+    with _controlplane(args) as cp:
+        rows = [(o.id, o.name, _show(o.monthly_span_quota, "unlimited"), o.created_at)
+                for o in cp.list_orgs()]  # fmt: skip
+    print_table(("id", "name", "monthly_span_quota", "created"), rows)
+    return 0
+
+
+def cmd_orgs_usage(args: argparse.Namespace) -> int:
+    from pipeline.usage import usage_rows
+
+    config = config_of(args)
+    with _controlplane(args) as cp:
+        orgs = [cp.get_org(args.org)] if args.org else cp.list_orgs()
+    print_table(("org", "name", "month", "spans_used", "monthly_span_quota"), usage_rows(config, orgs))
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    with _controlplane(args) as cp:
+        key, record = cp.create_key(args.org, args.name, args.rate_limit)
+    print(f"created key {record.id} (prefix {record.prefix}) for org {record.org_name}")
+    print("store it now: it is shown only once")
+    print(key)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    with _controlplane(args) as cp:
+        keys = cp.list_keys(args.org)
+    rows = [(k.id, k.prefix, k.name, k.org_name, _show(k.rate_limit_rps, "default"), k.created_at,
+             k.revoked_at or "") for k in keys]  # fmt: skip
+    print_table(("id", "prefix", "name", "org", "rate_limit_rps", "created", "revoked"), rows)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    with _controlplane(args) as cp:
+        key = cp.revoke_key(args.key)
+    print(f"revoked {key.id} ({key.prefix}) at {key.revoked_at}")
+    return 0
+
+
+def cmd_keys_set_rate_limit(args: argparse.Namespace) -> int:
+    with _controlplane(args) as cp:
+        key = cp.set_rate_limit(args.key, _optional_number(args.rps, float))
+    print(f"{key.id} ({key.prefix}) rate_limit_rps={_show(key.rate_limit_rps, 'default')}")
+    return 0
+
+
+# --------------------------------------------------------------------------- store, prices, tools
+def cmd_query(args: argparse.Namespace) -> int:
+    from pipeline.query import run_query
+
+    data = run_query(config_of(args), args.sql, args.format)
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_prices(args: argparse.Namespace) -> int:
+    from stages.price import PriceTable, prices_command
+
+    config = config_of(args)
+    code, text = prices_command(
+        PriceTable.load(config.prices_file or None), args.model, provider=args.provider,
+        day=args.date or dt.datetime.now(dt.UTC).date(), input_tokens=args.input,
+        output_tokens=args.output, cache_read_tokens=args.cache_read,
+        cache_write_tokens=args.cache_write, reasoning_tokens=args.reasoning,
+    )  # fmt: skip
+    print(text)
+    return code
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from bench.loadtest import run
+
+    return run(config_of(args), args)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    python = sys.executable
+    lint = subprocess.run([python, "-m", "ruff", "check", "."], cwd=REPO)
+    if lint.returncode != 0:
+        return lint.returncode
+    return subprocess.run([python, "-m", "pytest", *args.pytest_args], cwd=REPO).returncode
+
+
+# --------------------------------------------------------------------------- output
+def _show(value: Any, none: str) -> str:
+    return none if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in row) for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": cmd_serve,
+    "_writer": cmd_writer,
+    "_front": cmd_front,
+    "orgs.create": cmd_orgs_create,
+    "orgs.set-quota": cmd_orgs_set_quota,
+    "orgs.list": cmd_orgs_list,
+    "orgs.usage": cmd_orgs_usage,
+    "keys.create": cmd_keys_create,
+    "keys.list": cmd_keys_list,
+    "keys.revoke": cmd_keys_revoke,
+    "keys.set-rate-limit": cmd_keys_set_rate_limit,
+    "query": cmd_query,
+    "prices": cmd_prices,
+    "loadtest": cmd_loadtest,
+    "test": cmd_test,
+}
+
+__all__ = ["ConfigError", "main"]

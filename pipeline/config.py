@@ -1,0 +1,175 @@
+"""The one configuration object of the node.
+
+`Config` is frozen. It is built once, at start, from the environment (and the command line's
+overrides) by `load_config`, and passed down to every process and stage. Stages never read
+`os.environ`. Every field is also an environment variable: its name upper-cased with the prefix
+`INGEST_`, except `clickhouse_url`, which is `CLICKHOUSE_URL`. Units are part of the names.
+
+Child processes receive the supervisor's config as JSON (`to_json` / `from_json`), so a worker and
+its writer always agree on every setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- network and processes
+    host: str = "127.0.0.1"
+    port: int = 4000
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    data_dir: Path = Path("data")
+
+    # --- store
+    clickhouse_url: str = ""  # empty: the embedded engine under data_dir/clickhouse
+    clickhouse_database: str = "foglamp"
+
+    # --- request limits (SPEC §1, §2)
+    max_body_bytes: int = 10 * MiB
+    max_decompressed_bytes: int = 64 * MiB
+    max_io_bytes: int = 256 * 1024
+    max_issues: int = 100
+    rate_limit_rps: float = 1000.0
+
+    # --- pricing (SPEC §3)
+    prices_file: str = ""
+
+    # --- channels inside a front worker and the writer (batches, never spans)
+    validate_capacity: int = 32
+    price_capacity: int = 32
+    link_capacity: int = 64
+    spool_capacity: int = 256
+    enqueue_timeout_ms: int = 200  # a full channel for longer than this is a 503 overloaded
+    ack_timeout_ms: int = 10_000  # the writer must have spooled a batch by then, or 503
+
+    # --- writer: flush and spool
+    flush_interval_ms: int = 1000
+    flush_max_rows: int = 50_000
+    flush_max_bytes: int = 64 * MiB
+    flush_retry_max_s: float = 30.0
+    spool_max_bytes: int = 1024 * MiB
+    spool_segment_bytes: int = 64 * MiB
+
+    # --- lifecycle (SPEC §6)
+    drain_grace_s: float = 1.0
+    drain_timeout_s: float = 30.0
+
+    # --- logs
+    log_level: str = "info"
+
+    @property
+    def store_url(self) -> str:
+        """The store the writer opens: `CLICKHOUSE_URL`, or the embedded engine in the data dir."""
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def writer_socket(self) -> Path:
+        return self.data_dir / "writer.sock"
+
+    @property
+    def controlplane_db(self) -> Path:
+        return self.data_dir / "controlplane.sqlite3"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps({f.name: _jsonable(getattr(self, f.name)) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return _build(json.loads(text))
+
+
+def env_name(field_name: str) -> str:
+    return "CLICKHOUSE_URL" if field_name == "clickhouse_url" else f"INGEST_{field_name.upper()}"
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Read every setting from `environ` (default: the process environment), then apply
+    `overrides` (command-line flags; a None value means "not given"). Bad values raise
+    `ConfigError` naming the variable."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for f in fields(Config):
+        name = env_name(f.name)
+        if name in environ:
+            raw[f.name] = environ[name]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+    return _build(raw)
+
+
+def _build(raw: Mapping[str, Any]) -> Config:
+    defaults = Config()
+    values: dict[str, Any] = {}
+    for f in fields(Config):
+        if f.name not in raw:
+            continue
+        kind = type(getattr(defaults, f.name))
+        try:
+            values[f.name] = _coerce(kind, raw[f.name])
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{env_name(f.name)}={raw[f.name]!r} is not a valid {kind.__name__}"
+            ) from None
+    config = Config(**values)
+    _check(config)
+    return config
+
+
+def _coerce(kind: type, value: Any) -> Any:
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    if kind is int:
+        return int(str(value).replace("_", ""))
+    if kind is float:
+        return float(value)
+    if issubclass(kind, Path):
+        return Path(value)
+    return str(value)
+
+
+def _check(config: Config) -> None:
+    positive = [
+        "port", "workers", "max_body_bytes", "max_decompressed_bytes", "max_io_bytes",
+        "max_issues", "validate_capacity", "price_capacity", "link_capacity", "spool_capacity",
+        "flush_interval_ms", "flush_max_rows", "flush_max_bytes", "spool_max_bytes", "spool_segment_bytes",
+        "rate_limit_rps", "drain_timeout_s", "enqueue_timeout_ms", "ack_timeout_ms",
+    ]  # fmt: skip
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(config, name)!r}")
+    if config.drain_grace_s < 0:
+        raise ConfigError(f"INGEST_DRAIN_GRACE_S must be >= 0, got {config.drain_grace_s!r}")
+    if config.clickhouse_url and not config.clickhouse_url.startswith(
+        ("http://", "https://", "chdb://")
+    ):
+        raise ConfigError(
+            f"CLICKHOUSE_URL must start with http://, https:// or chdb://, got {config.clickhouse_url!r}"
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value

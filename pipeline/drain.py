@@ -1,0 +1,62 @@
+"""Draining (SPEC §6): what starts it, and the state request handlers read while it runs.
+
+The drain sequence itself is a fixed nesting of nurseries and deadlines in `pipeline.topology`
+(stop upstream first, so each stage drains into a live consumer). This module only provides its
+trigger: `watch_for_drain` returns when SIGTERM or SIGINT arrives, or when the supervisor closes
+our stdin (it died, or asks us to stop), after flipping `DrainState.draining` so that new requests
+get 503 `draining` and `/readyz` answers 503.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+
+import trio
+
+from pipeline.log import get_logger
+
+log = get_logger("drain")
+
+
+@dataclass(slots=True)
+class DrainState:
+    draining: bool = False
+    started: trio.Event = field(default_factory=trio.Event)
+
+    def begin(self, reason: str) -> None:
+        if not self.draining:
+            self.draining = True
+            log.info("draining", reason=reason)
+            self.started.set()
+
+
+async def stdin_closed() -> None:
+    """Return when standard input reaches end of file (the supervisor closed its end)."""
+    stream = trio.lowlevel.FdStream(os.dup(0))
+    async with stream:
+        while await stream.receive_some(4096):
+            pass
+
+
+async def watch_for_drain(state: DrainState, *, signals: bool = True) -> None:
+    """Return once draining has begun: on SIGTERM/SIGINT (if `signals`), stdin EOF, or a call to
+    `state.begin` from elsewhere."""
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                async for signum in received:
+                    state.begin(signal.Signals(signum).name)
+                    return
+
+        async def on_stdin() -> None:
+            await stdin_closed()
+            state.begin("stdin closed")
+
+        if signals:
+            nursery.start_soon(on_signal)
+        nursery.start_soon(on_stdin)
+        await state.started.wait()
+        nursery.cancel_scope.cancel()

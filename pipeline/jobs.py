@@ -1,0 +1,52 @@
+"""The unit of work inside a front worker: one request's batch, and how it is answered.
+
+A `Job` flows front → validate → price → link, always as a whole batch. Each stage either passes
+it on or answers it through `job.reply`, a one-slot channel the request handler waits on. An
+answer is a value (`Rejected`, the writer's `AppendReply`, or None for "the writer link broke"),
+never an exception. The payload is opaque here: plumbing never looks inside a trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from pipeline.messages import AppendReply
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A request refused by a stage: the HTTP status and JSON body to answer with."""
+
+    status: int
+    body: dict[str, Any]
+
+
+Outcome = Rejected | AppendReply | None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    org_id: str
+    key_id: str
+    monthly_span_quota: int | None
+    media: str  # "json" | "msgpack"
+    encoding: str  # "identity" | "gzip" | "zstd"
+    body: bytes
+    reply: trio.MemorySendChannel[Any] = field(repr=False)
+    payload: Any = None  # set by the validate stage: the decoded batch
+
+
+def deliver(reply: trio.MemorySendChannel[Any], value: Any) -> None:
+    """Put an answer in a one-slot reply channel without blocking. A waiter that has gone away
+    (its client left) is not an error; a reply channel is answered at most once."""
+    try:
+        reply.send_nowait(value)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+        pass
+
+
+def answer(job: Job, outcome: Outcome) -> None:
+    deliver(job.reply, outcome)

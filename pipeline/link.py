@@ -1,0 +1,149 @@
+"""A front worker's link to the writer: request/reply over one Unix socket.
+
+Resource handling: `run_link` owns the socket and both of its directions. Exactly one task (the
+forwarder, the body of `_serve_connection`) writes frames and one task reads them; request
+handlers never touch the socket. They put a `Call` (a message plus a one-slot reply channel)
+into the link's bounded input channel and wait on their reply channel. So a handler cancelled
+halfway (its client went away) cannot leave half a frame on the wire.
+
+Error handling: when the writer is unreachable or the connection drops, every waiting call is
+answered with `None` (the front turns that into 503 `overloaded` with `Retry-After`) and the link
+reconnects with backoff. A call is answered at most once.
+
+End of input: when every clone of the input channel is closed (the worker is draining), the link
+waits for the replies still owed, then closes the socket and returns.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import trio
+
+from pipeline import messages
+from pipeline.frames import iter_frames, send_frame
+from pipeline.jobs import deliver
+from pipeline.log import get_logger
+
+log = get_logger("link")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    message: messages.Message
+    reply: trio.MemorySendChannel[messages.Message | None]
+
+
+async def call(
+    send: trio.MemorySendChannel[Call], message: messages.Message, *, timeout_s: float
+) -> messages.Message | None:
+    """Send `message` over the link and wait for its reply; None on timeout or a broken link."""
+    reply_send, reply_receive = trio.open_memory_channel[messages.Message | None](1)
+    with reply_receive, trio.move_on_after(timeout_s):
+        try:
+            await send.send(Call(message, reply_send))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        return await reply_receive.receive()
+    return None
+
+
+async def writer_readiness(
+    send: trio.MemorySendChannel[Call], timeout_s: float = 2.0
+) -> tuple[int, dict]:
+    """/readyz as the writer sees it: (HTTP status, body)."""
+    reply = await call(send, messages.Status(0), timeout_s=timeout_s)
+    if not isinstance(reply, messages.StatusReply):
+        return 503, {"status": "degraded", "writer": "unreachable"}
+    if not reply.store_ok:
+        return 503, {"status": "degraded", "store": reply.store_error,
+                     "spool_pending_bytes": reply.spool_pending_bytes,
+                     "spool_max_bytes": reply.spool_max_bytes}  # fmt: skip
+    return 200, {"status": "ready"}
+
+
+async def run_link(
+    socket_path: Path,
+    receive: trio.MemoryReceiveChannel[Call],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    ids = itertools.count(1)
+    backoff_s = 0.05
+    async with receive:
+        task_status.started()
+        while True:
+            try:
+                stream = await trio.open_unix_socket(str(socket_path))
+            except OSError as exc:
+                log.warning("writer_unreachable", error=str(exc), retry_in_s=backoff_s)
+                if await _refuse_for(receive, backoff_s):
+                    return
+                backoff_s = min(backoff_s * 2, 2.0)
+                continue
+            backoff_s = 0.05
+            log.info("connected", socket=str(socket_path))
+            if await _serve_connection(stream, receive, ids):
+                return
+            log.warning("writer_connection_lost")
+
+
+async def _refuse_for(receive: trio.MemoryReceiveChannel[Call], seconds: float) -> bool:
+    """Answer every call with None for `seconds`. True when the input has ended."""
+    with trio.move_on_after(seconds):
+        async for item in receive:
+            deliver(item.reply, None)
+        return True
+    return False
+
+
+async def _serve_connection(
+    stream: trio.SocketStream, receive: trio.MemoryReceiveChannel[Call], ids: itertools.count[int]
+) -> bool:
+    """Forward calls until the input ends (True) or the connection breaks (False)."""
+    pending: dict[int, trio.MemorySendChannel[messages.Message | None]] = {}
+    all_answered = trio.Event()
+    input_ended = False
+    async with stream, trio.open_nursery() as nursery:
+
+        async def read_replies() -> None:
+            try:
+                async for payload in iter_frames(stream):
+                    reply = messages.decode(payload)
+                    waiter = pending.pop(reply.req_id, None)  # type: ignore[union-attr]
+                    if waiter is not None:
+                        deliver(waiter, reply)
+                    if input_ended and not pending:
+                        all_answered.set()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            # The writer closed the connection: nobody will answer what is pending.
+            for waiter in pending.values():
+                deliver(waiter, None)
+            pending.clear()
+            all_answered.set()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(read_replies)
+        async for item in receive:
+            req_id = next(ids)
+            pending[req_id] = item.reply
+            try:
+                message = msgspec.structs.replace(item.message, req_id=req_id)
+                await send_frame(stream, messages.encode(message))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                for waiter in pending.values():
+                    deliver(waiter, None)
+                pending.clear()
+                nursery.cancel_scope.cancel()
+                return False
+        input_ended = True
+        if not pending:
+            all_answered.set()
+        await all_answered.wait()
+        nursery.cancel_scope.cancel()
+        return True
+    return False

@@ -1,0 +1,127 @@
+"""Messages between processes, and the spool record: small, frozen, versioned msgspec types.
+
+Every message is a msgspec Struct encoded as a msgpack array whose first element is its tag, so
+a reader decodes any of them with one typed decoder and a new message kind is an additive change.
+`rows` fields are opaque bytes: rows already encoded by a front worker in ClickHouse's
+`FORMAT MsgPack`, which the writer spools and inserts without decoding them.
+
+    front worker ──Admit───────────► writer ──AdmitReply──►  (rate limit, before the body is read)
+    front worker ──Append──────────► writer ──AppendReply─►  (after the spool fsync: 202)
+    run.py query ──Query───────────► writer ──QueryReply──►  (the writer owns the embedded store)
+    front worker ──Status──────────► writer ──StatusReply─►  (/readyz, /metrics)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class _Message(msgspec.Struct, frozen=True, array_like=True, tag_field="t"):
+    pass
+
+
+class Admit(_Message, tag="admit"):
+    """May this key make one more request now? (SPEC §1 rate limit)"""
+
+    req_id: int
+    key_id: str
+    rate_limit_rps: float
+
+
+class AdmitReply(_Message, tag="admit_reply"):
+    req_id: int
+    allowed: bool
+    limit: float
+    remaining: int
+    reset_s: float  # seconds until the bucket is full again
+    retry_after_s: int  # whole seconds >= 1 when refused, else 0
+
+
+class Append(_Message, tag="append"):
+    """One validated, priced batch, rows ready for the store."""
+
+    req_id: int
+    org_id: str
+    key_id: str
+    spans: int
+    monthly_span_quota: int | None
+    rows: bytes
+
+
+AppendStatus = Literal["ok", "quota_exceeded", "overloaded", "draining"]
+
+
+class AppendReply(_Message, tag="append_reply"):
+    req_id: int
+    status: AppendStatus
+    spans: int = 0
+    retry_after_s: int = 0
+
+
+class Query(_Message, tag="query"):
+    req_id: int
+    sql: str
+    format: str
+
+
+class QueryReply(_Message, tag="query_reply"):
+    req_id: int
+    ok: bool
+    data: bytes
+    error: str = ""
+
+
+class Status(_Message, tag="status"):
+    """How is the writer? (for /readyz and /metrics)"""
+
+    req_id: int
+
+
+class StatusReply(_Message, tag="status_reply"):
+    req_id: int
+    store_ok: bool
+    store_error: str
+    spool_pending_bytes: int
+    spool_max_bytes: int
+    rows_flushed: int
+    flush_failures: int
+
+
+Message = Admit | AdmitReply | Append | AppendReply | Query | QueryReply | Status | StatusReply
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(data: bytes) -> Message:
+    return _decoder.decode(data)
+
+
+class SpoolRecord(msgspec.Struct, frozen=True, array_like=True):
+    """One accepted batch in the write-ahead spool (version 1)."""
+
+    version: int
+    org_id: str
+    spans: int
+    month: int  # YYYYMM (UTC) the batch was accepted in: the quota ledger's month
+    rows: bytes
+
+
+_record_encoder = msgspec.msgpack.Encoder()
+_record_decoder = msgspec.msgpack.Decoder(SpoolRecord)
+
+
+def encode_record(record: SpoolRecord) -> bytes:
+    return _record_encoder.encode(record)
+
+
+def decode_record(data: bytes) -> SpoolRecord:
+    return _record_decoder.decode(data)

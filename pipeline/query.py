@@ -1,0 +1,57 @@
+"""`run.py query`: read the store whether the node runs or not.
+
+A running node's writer owns the embedded store (one owner per directory), so while the node
+lock is held the query goes to the writer over its link socket; otherwise this process opens the
+store itself. Either way the SQL and the output formats are the same.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from pipeline import messages
+from pipeline.config import Config
+from pipeline.errors import PermanentError, RetryableError
+from pipeline.store import open_store
+from pipeline.supervisor import node_running
+
+TIMEOUT_S = 120.0
+
+
+def run_query(config: Config, sql: str, fmt: str) -> bytes:
+    if node_running(config.data_dir):
+        return _through_writer(config, sql, fmt)
+    store = open_store(config.store_url)
+    try:
+        return store.query(sql, fmt)
+    finally:
+        store.close()
+
+
+def _through_writer(config: Config, sql: str, fmt: str) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT_S)
+        try:
+            sock.connect(str(config.writer_socket))
+        except OSError as exc:
+            raise RetryableError(f"the node is running but its writer does not answer: {exc}") from None
+        payload = messages.encode(messages.Query(1, sql, fmt))
+        sock.sendall(struct.pack(">I", len(payload)) + payload)
+        size = struct.unpack(">I", _read_exactly(sock, 4))[0]
+        reply = messages.decode(_read_exactly(sock, size))
+    if not isinstance(reply, messages.QueryReply):
+        raise PermanentError(f"unexpected reply from the writer: {type(reply).__name__}")
+    if not reply.ok:
+        raise PermanentError(reply.error)
+    return reply.data
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise RetryableError("the writer closed the connection")
+        data += chunk
+    return bytes(data)

@@ -1,0 +1,165 @@
+"""The supervisor: `run.py serve`. Starts the writer, then the front workers; restarts the ones
+that die; runs the drain sequence on SIGTERM/SIGINT.
+
+Resource handling: the supervisor owns the listening socket (workers inherit its file
+descriptor and share it, so a restarted worker serves the same port) and the node lock
+(`<data dir>/node.lock`, so two nodes never own one embedded store). Each child gets a pipe as
+stdin; closing it is the child's order to drain, and a supervisor that dies closes them all.
+
+Drain sequence (SPEC §6), each step with its own deadline inside `drain_timeout_s`:
+  1. SIGTERM to every front: they answer 503 `draining` for `drain_grace_s`, finish what is in
+     flight, close their links.
+  2. Close the writer's stdin: it flushes everything it holds and checkpoints the spool.
+  3. Exit 0. A child still running at its deadline is killed; the spool keeps its data.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from pipeline.config import Config
+from pipeline.errors import ConfigError
+from pipeline.log import get_logger
+
+log = get_logger("supervisor")
+RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
+CONFIG_ENV = "FOGLAMP_CONFIG"
+RESTART_DELAY_S = 0.5
+
+
+@dataclass
+class Child:
+    role: str
+    argv: list[str]
+    pass_fds: tuple[int, ...] = ()
+    process: trio.Process | None = None
+
+
+def acquire_node_lock(data_dir: Path) -> int:
+    """Hold `<data dir>/node.lock` for the life of the process; ConfigError if another node has it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another node is running on data dir {data_dir}") from None
+    return fd
+
+
+def node_running(data_dir: Path) -> bool:
+    try:
+        os.close(acquire_node_lock(data_dir))
+        return False
+    except ConfigError:
+        return True
+
+
+def listen(config: Config) -> socket.socket:
+    try:
+        sock = socket.create_server((config.host, config.port), backlog=2048)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _start(child: Child, config: Config) -> trio.Process:
+    env = {**os.environ, CONFIG_ENV: config.to_json(), "FOGLAMP_NO_BOOTSTRAP": "1"}
+    child.process = await trio.lowlevel.open_process(
+        [sys.executable, str(RUN_PY), *child.argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE if child.role == "writer" else None,
+        pass_fds=child.pass_fds,
+        env=env,
+    )
+    log.info("started", child=child.role, child_pid=child.process.pid)
+    return child.process
+
+
+async def _wait_ready(process: trio.Process) -> None:
+    """The writer prints READY once its store, spool and link socket are up."""
+    seen = b""
+    assert process.stdout is not None
+    while b"READY\n" not in seen:
+        chunk = await process.stdout.receive_some(4096)
+        if not chunk:
+            raise ConfigError(f"the writer exited during start (code {await process.wait()})")
+        seen += chunk
+
+
+async def _supervise_child(child: Child, config: Config, draining: trio.Event) -> None:
+    """Restart `child` whenever it exits, until the node drains."""
+    while True:
+        assert child.process is not None
+        code = await child.process.wait()
+        if draining.is_set():
+            return
+        log.error("child_died", child=child.role, code=code, restarting_in_s=RESTART_DELAY_S)
+        await trio.sleep(RESTART_DELAY_S)
+        if draining.is_set():
+            return
+        process = await _start(child, config)
+        if child.role == "writer":
+            await _wait_ready(process)
+
+
+async def _stop(child: Child, deadline_s: float, *, close_stdin: bool, sig: int | None) -> int:
+    process = child.process
+    if process is None:
+        return 0
+    if sig is not None and process.returncode is None:
+        process.send_signal(sig)
+    if close_stdin and process.stdin is not None:
+        await process.stdin.aclose()
+    with trio.move_on_after(deadline_s):
+        return await process.wait()
+    log.error("child_drain_timeout", child=child.role, killed=True)
+    process.kill()
+    return await process.wait()
+
+
+async def supervise(config: Config) -> int:
+    lock_fd = acquire_node_lock(config.data_dir)
+    sock = listen(config)
+    writer = Child("writer", ["_writer"])
+    fronts = [
+        Child(f"front-{i + 1}", ["_front", "--fd", str(sock.fileno())], (sock.fileno(),))
+        for i in range(config.workers)
+    ]
+    draining = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        await _wait_ready(await _start(writer, config))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_supervise_child, writer, config, draining)
+            for front in fronts:
+                await _start(front, config)
+                nursery.start_soon(_supervise_child, front, config, draining)
+            log.info("node_ready", url=f"http://{config.host}:{config.port}", workers=len(fronts),
+                     store=config.store_url.split("@")[-1])  # fmt: skip
+            async for signum in signals:
+                log.info("drain_started", signal=signal.Signals(signum).name)
+                break
+            draining.set()
+            # 1. fronts: grace, in-flight requests, close links.
+            async with trio.open_nursery() as stopping:
+                for front in fronts:
+                    stopping.start_soon(lambda f=front: _stop(
+                        f, config.drain_grace_s + config.drain_timeout_s, close_stdin=True,
+                        sig=signal.SIGTERM))  # fmt: skip
+            sock.close()
+            # 2. writer: final flush and checkpoint.
+            code = await _stop(writer, config.drain_timeout_s + 5, close_stdin=True, sig=None)
+            nursery.cancel_scope.cancel()
+    os.close(lock_fd)
+    log.info("drained", writer_exit=code)
+    return 0

@@ -1,0 +1,188 @@
+"""The topology: which stage feeds which, through what capacity. Read this file top-down.
+
+    front worker process (N of them)                         writer process (one)
+    ─────────────────────────────────                        ─────────────────────────────────
+    HTTP front ──validate_capacity──► validate               link server (Unix socket)
+      │ Admit (rate limit)              │                      │ Admit  → rate limiter (in place)
+      │                                 ▼                      │ Append ──spool_capacity──► spool
+      │                     price_capacity                     │ Query  → store                 │
+      │                                 ▼                      │                     FlushSignal│
+      │                               price                    ▼                                ▼
+      └──────────────► link_capacity ──► link ═══ frames ═══► (one connection per front)   flush ─► ClickHouse
+
+Channels carry whole batches, never single spans. Start order is downstream first (each stage
+is started, and ready, before the stage that feeds it); stop order is upstream first: the HTTP
+front stops taking requests, then closes its channel ends, and end-of-input flows down, so every
+stage drains into a live consumer. Each `run_*` here is one process's whole life.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import time
+
+import trio
+
+from pipeline.config import Config
+from pipeline.controlplane import ControlPlane
+from pipeline.drain import DrainState, stdin_closed, watch_for_drain
+from pipeline.errors import RetryableError
+from pipeline.jobs import Job
+from pipeline.link import Call, run_link, writer_readiness
+from pipeline.link_server import Reply, serve_links
+from pipeline.log import get_logger
+from pipeline.messages import Admit, Append, Message, Query, QueryReply, Status, decode_record
+from pipeline.spool import Spool
+from pipeline.store import AsyncStore, open_store
+from stages.admission import QuotaLedger, RateLimiter
+from stages.flush import FlushHealth, run_flush, status_reply
+from stages.front import create_app, run_front
+from stages.price import PriceTable
+from stages.price_stage import run_price
+from stages.schema import COLUMN_NAMES, ddl
+from stages.spool import FlushSignal, SpoolJob, run_spool
+from stages.validate_stage import run_validate
+
+log = get_logger("topology")
+
+
+# =========================================================================== front worker
+async def run_front_worker(config: Config, listen_fd: int) -> None:
+    controlplane = ControlPlane.open(config.controlplane_db)
+    table = PriceTable.load(config.prices_file or None)
+    state = DrainState()
+    link_send, link_receive = trio.open_memory_channel[Call](config.link_capacity)
+    price_send, price_receive = trio.open_memory_channel[Job](config.price_capacity)
+    validate_send, validate_receive = trio.open_memory_channel[Job](config.validate_capacity)
+    front_link = link_send.clone()
+
+    async def readiness() -> tuple[int, dict]:
+        return await writer_readiness(front_link)
+
+    async def shutdown_trigger() -> None:
+        await watch_for_drain(state)
+        await trio.sleep(config.drain_grace_s)  # the listener stays open, answering 503 draining
+
+    app = create_app(config, controlplane, state, validate_send, front_link, readiness)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_link, config.writer_socket, link_receive)
+            await nursery.start(run_price, config, table, price_receive, link_send)
+            await nursery.start(run_validate, config, validate_receive, price_send)
+            async with validate_send, front_link:
+                await run_front(config, app, listen_fd, shutdown_trigger)
+            # Every request is answered and our channel ends are closed: the stages drain, return.
+    finally:
+        controlplane.close()
+    log.info("front_stopped")
+
+
+# =========================================================================== writer
+async def run_writer(config: Config) -> None:
+    """The writer process: store owner, spool, admission state. Stops when stdin closes."""
+    store = AsyncStore(functools.partial(open_store, config.store_url), ddl(config.clickhouse_database))
+    await connect_once(store)
+    spool = Spool.open(config.spool_dir, segment_max_bytes=config.spool_segment_bytes)
+    flushed_ledger, ledger = replay_ledgers(spool)
+    limiter = RateLimiter()
+    flush_signal = FlushSignal()
+    health = FlushHealth()
+    spool_send, spool_receive = trio.open_memory_channel[SpoolJob](config.spool_capacity)
+    database = config.clickhouse_database
+
+    async def insert(table: str, rows: bytes, token: str) -> None:
+        await store.insert_msgpack(f"`{database}`.`{table}`", COLUMN_NAMES, rows, dedup_token=token)
+
+    async def dispatch(message: Message, reply: Reply) -> None:
+        if isinstance(message, Admit):
+            now = time.monotonic()
+            reply(limiter.admit(message.key_id, message.rate_limit_rps, now, message.req_id))
+        elif isinstance(message, Append):
+            await spool_send.send(SpoolJob(message, reply))
+        elif isinstance(message, Query):
+            await answer_query(store, message, reply)
+        elif isinstance(message, Status):
+            reply(status_reply(message.req_id, config, spool, health))
+
+    async with trio.open_nursery() as nursery:
+        flush_scope = trio.CancelScope()
+
+        async def flush() -> None:
+            with flush_scope:
+                await run_flush(config, spool, insert, flushed_ledger, flush_signal, health)
+
+        nursery.start_soon(flush)
+        await nursery.start(run_spool, config, spool, ledger, flush_signal, spool_receive)
+        links_scope = trio.CancelScope()
+
+        async def links(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with links_scope:
+                await serve_links(config.writer_socket, dispatch, task_status=task_status)
+
+        await nursery.start(links)
+        print("READY", flush=True)  # the supervisor starts the fronts on this line
+        log.info("writer_ready", spool_pending_bytes=spool.pending_bytes())
+        await stdin_closed()
+        # Drain: every front is gone. Stop the links, end the spool stage, final flush (bounded).
+        links_scope.cancel()
+        await spool_send.aclose()
+        flush_scope.deadline = trio.current_time() + config.drain_timeout_s
+    if flush_scope.cancelled_caught:
+        log.warning("drain_timeout", left_in_spool_bytes=spool.pending_bytes())
+    spool.close()
+    await store.close()
+    log.info("writer_stopped", rows_flushed=health.rows_flushed)
+
+
+async def connect_once(store: AsyncStore) -> None:
+    try:
+        await store.connect()
+    except RetryableError as exc:
+        log.warning("store_unreachable_at_start", error=str(exc))
+
+
+def replay_ledgers(spool: Spool) -> tuple[QuotaLedger, QuotaLedger]:
+    """(ledger of what is flushed, live ledger): the checkpoint's, plus the spool's unflushed records."""
+    position, state = spool.checkpointed
+    flushed = QuotaLedger.from_bytes(state)
+    live = QuotaLedger.from_bytes(state)
+    while True:
+        records, position = spool.read(position, max_bytes=64 << 20)
+        if not records:
+            return flushed, live
+        for payload in records:
+            record = decode_record(payload)
+            live.charge(record.org_id, record.spans, record.month)
+
+
+async def answer_query(store: AsyncStore, message: Query, reply: Reply) -> None:
+    try:
+        data = await store.query(message.sql, message.format)
+        reply(QueryReply(message.req_id, True, data))
+    except Exception as exc:  # noqa: BLE001 - reported to the CLI user as the query's error
+        reply(QueryReply(message.req_id, False, b"", str(exc)))
+
+
+# =========================================================================== process entry points
+def writer_main(config: Config) -> int:
+    # Signals are the supervisor's business: the writer stops when the supervisor closes stdin,
+    # after every front is gone, so a Ctrl-C to the whole process group cannot cut a flush short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    trio.run(run_writer, config)
+    return 0
+
+
+def front_main(config: Config, listen_fd: int) -> int:
+    trio.run(run_front_worker, config, listen_fd)
+    return 0
+
+
+
+def preflight(config: Config) -> None:
+    """Fail at start, with a clear message, on what would fail later: a bad prices file, an
+    unusable data dir or control plane."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    PriceTable.load(config.prices_file or None)
+    ControlPlane.open(config.controlplane_db).close()

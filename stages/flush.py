@@ -1,0 +1,181 @@
+"""The flush stage (writer process): spool → ClickHouse, in large blocks, then checkpoint.
+
+It tails the spool from the last checkpoint: every `flush_interval_ms`, or sooner when
+`flush_max_rows` rows are waiting, it reads what the spool holds (up to `flush_max_bytes`),
+inserts the rows as one `FORMAT MsgPack` block and checkpoints the spool past them, with the
+quota ledger of everything flushed so far. A crash between insert and checkpoint replays the
+block, which the table deduplicates (insert token + ReplacingMergeTree).
+
+Error handling: a `RetryableError` (store down, timeout) is retried with capped exponential
+backoff, forever: the data is safe in the spool, and the spool cap turns a long outage into 503s
+at the front. A `PermanentError` (the store refuses the block itself) moves the block's records
+to `<data dir>/deadletter/` with an error log line, so one bad block cannot stall the node;
+an operator can inspect and replay it.
+
+Resource handling: the stage returns after a final flush once the spool stage has ended
+(`FlushSignal.input_ended`); the caller bounds that final flush with the drain deadline.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from pipeline.config import Config
+from pipeline.errors import PermanentError, RetryableError
+from pipeline.log import get_logger
+from pipeline.messages import StatusReply, decode_record
+from pipeline.spool import Position, Spool
+from stages.admission import QuotaLedger
+from stages.schema import TABLE
+from stages.spool import FlushSignal
+
+log = get_logger("flush")
+
+Insert = Callable[[str, bytes, str], Awaitable[None]]  # (table, rows in COLUMNS order, token)
+
+
+@dataclass(slots=True)
+class FlushHealth:
+    """What /readyz and /metrics report about the sink."""
+
+    store_ok: bool = True
+    last_error: str = ""
+    rows_flushed: int = 0
+    flushes: int = 0
+    failures: int = 0
+    last_flush_ms: float = 0.0
+    deadlettered_records: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    start: Position
+    end: Position
+    rows: bytes
+    row_count: int
+    records: list[bytes]
+    charges: list[tuple[str, int, int]]  # (org, spans, month) per record, for the flushed ledger
+
+    @property
+    def token(self) -> str:
+        return f"{self.start.segment}:{self.start.offset}-{self.end.segment}:{self.end.offset}"
+
+
+def make_block(start: Position, end: Position, records: list[bytes]) -> Block:
+    """Join the rows of spool records into one insert block. Plain function."""
+    decoded = [decode_record(r) for r in records]
+    return Block(
+        start=start,
+        end=end,
+        rows=b"".join(d.rows for d in decoded),
+        row_count=sum(d.spans for d in decoded),
+        records=records,
+        charges=[(d.org_id, d.spans, d.month) for d in decoded],
+    )
+
+
+def backoff_s(attempt: int, cap_s: float) -> float:
+    return min(cap_s, 0.1 * (2 ** min(attempt, 20)))
+
+
+async def run_flush(
+    config: Config,
+    spool: Spool,
+    insert: Insert,
+    flushed_ledger: QuotaLedger,
+    signal: FlushSignal,
+    health: FlushHealth,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    cursor, _ = spool.checkpointed
+    task_status.started()
+    while True:
+        with trio.move_on_after(config.flush_interval_ms / 1000):
+            await signal.wakeup.wait()
+        final = signal.input_ended
+        signal.reset()
+        cursor = await _flush_all(config, spool, insert, flushed_ledger, health, cursor)
+        if final:
+            log.info("final_flush_done", rows_flushed=health.rows_flushed)
+            return
+
+
+async def _flush_all(
+    config: Config,
+    spool: Spool,
+    insert: Insert,
+    flushed_ledger: QuotaLedger,
+    health: FlushHealth,
+    cursor: Position,
+) -> Position:
+    """Flush everything durable in the spool after `cursor`; return the new cursor."""
+    while True:
+        records, end = await trio.to_thread.run_sync(
+            functools.partial(spool.read, cursor, max_bytes=config.flush_max_bytes)
+        )
+        if not records:
+            return cursor
+        block = make_block(cursor, end, records)
+        await _insert_with_retry(config, insert, block, health)
+        for org_id, spans, month in block.charges:
+            flushed_ledger.charge(org_id, spans, month)
+        state = flushed_ledger.to_bytes()
+        await trio.to_thread.run_sync(spool.checkpoint, end, state)
+        cursor = end
+
+
+async def _insert_with_retry(config: Config, insert: Insert, block: Block, health: FlushHealth) -> None:
+    attempt = 0
+    while True:
+        started = time.perf_counter()
+        try:
+            await insert(TABLE, block.rows, block.token)
+        except RetryableError as exc:
+            health.store_ok, health.last_error = False, str(exc)
+            health.failures += 1
+            delay = backoff_s(attempt, config.flush_retry_max_s)
+            log.warning("flush_failed", error=str(exc), rows=block.row_count, retry_in_s=delay)
+            attempt += 1
+            await trio.sleep(delay)
+            continue
+        except PermanentError as exc:
+            health.failures += 1
+            path = write_deadletter(config.data_dir / "deadletter", block)
+            health.deadlettered_records += len(block.records)
+            log.error("flush_rejected", error=str(exc), rows=block.row_count, deadletter=str(path))
+            return
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        health.store_ok, health.last_error = True, ""
+        health.rows_flushed += block.row_count
+        health.flushes += 1
+        health.last_flush_ms = elapsed_ms
+        log.info("flushed", rows=block.row_count, bytes=len(block.rows), ms=round(elapsed_ms, 1))
+        return
+
+
+def status_reply(req_id: int, config: Config, spool: Spool, health: FlushHealth) -> StatusReply:
+    return StatusReply(
+        req_id=req_id,
+        store_ok=health.store_ok,
+        store_error=health.last_error,
+        spool_pending_bytes=spool.pending_bytes(),
+        spool_max_bytes=config.spool_max_bytes,
+        rows_flushed=health.rows_flushed,
+        flush_failures=health.failures,
+    )
+
+
+def write_deadletter(directory: Path, block: Block) -> Path:
+    """Keep a refused block's spool records, length-prefixed, for the operator."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{block.token.replace(':', '_')}.records"
+    with open(path, "wb") as out:
+        out.writelines(len(record).to_bytes(4, "big") + record for record in block.records)
+    return path

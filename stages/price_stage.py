@@ -1,0 +1,69 @@
+"""The price stage (front worker): price every span and encode the batch's rows for the store.
+
+Logic lives in plain functions (`priced_rows` here, `stages.price.PriceTable.price`,
+`stages.rows.span_row`); this module adds only the actor loop around them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+
+import trio
+
+from pipeline.config import Config
+from pipeline.jobs import Job
+from pipeline.link import Call
+from pipeline.messages import Append
+from stages.payload import Batch
+from stages.price import PriceTable
+from stages.rows import encode_rows, span_row
+
+
+# --------------------------------------------------------------------------- the stage
+async def run_price(
+    config: Config,
+    table: PriceTable,
+    receive: trio.MemoryReceiveChannel[Job],
+    send: trio.MemorySendChannel[Call],
+    *,
+    clock: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Price every span of each validated batch and encode its rows; send the batch to the writer.
+
+    Owns both channel ends: returns, closing `send`, when `receive` ends."""
+    async with receive, send:
+        task_status.started()
+        async for job in receive:
+            batch = job.payload
+            rows, spans = priced_rows(batch, job.org_id, table, ingested_at_ms=int(clock() * 1000),
+                                      max_io_bytes=config.max_io_bytes)  # fmt: skip
+            append = Append(0, job.org_id, job.key_id, spans, job.monthly_span_quota, rows)
+            await send.send(Call(append, job.reply))
+
+
+def priced_rows(
+    batch: Batch, org_id: str, table: PriceTable, *, ingested_at_ms: int, max_io_bytes: int
+) -> tuple[bytes, int]:
+    """The batch's rows, priced and encoded for the store, and their count. Plain function."""
+    rows = []
+    for trace in batch.traces:
+        for span in trace.spans:
+            usage = span.usage
+            price = table.price(
+                provider=span.provider,
+                model=span.model,
+                day=span.start_time.astimezone(dt.UTC).date(),
+                input_tokens=(usage.input_tokens or 0) if usage else 0,
+                output_tokens=(usage.output_tokens or 0) if usage else 0,
+                cache_read_tokens=(usage.cache_read_tokens or 0) if usage else 0,
+                cache_write_tokens=(usage.cache_write_tokens or 0) if usage else 0,
+                reasoning_tokens=(usage.reasoning_tokens or 0) if usage else 0,
+                has_usage=usage is not None,
+                caller_total=span.cost.total if span.cost is not None else None,
+            )
+            rows.append(span_row(org_id, trace, span, price, ingested_at_ms=ingested_at_ms,
+                                 max_io_bytes=max_io_bytes))  # fmt: skip
+    return encode_rows(rows), len(rows)

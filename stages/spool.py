@@ -1,0 +1,142 @@
+"""The spool stage (writer process): quota check, group commit to the write-ahead spool, ack.
+
+Every `Append` from every front worker passes through this one task, in order. For each group of
+appends waiting in its channel it decides admission (quota, spool cap), appends the admitted ones
+to the spool with ONE fsync, charges the quota ledger, and only then answers `ok` — the front
+turns that into the 202. Nothing is acknowledged that is not on disk.
+
+Resource handling: the stage owns the receive end of its channel and returns when every sender
+(the link connections) has closed it. It shares the `Spool` with the flush stage (appends here,
+reads and checkpoints there: the spool allows one thread of each) and tells the flush stage about
+new rows through `FlushSignal`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from pipeline.config import Config
+from pipeline.log import get_logger
+from pipeline.messages import Append, AppendReply, SpoolRecord, encode_record
+from pipeline.spool import Spool
+from stages.admission import QuotaLedger, month_of
+
+log = get_logger("spool")
+MAX_GROUP = 512
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolJob:
+    append: Append
+    reply: Callable[[AppendReply], None]
+
+
+@dataclass(slots=True)
+class FlushSignal:
+    """Unflushed work announced by the spool stage to the flush stage."""
+
+    rows_waiting: int = 0
+    wakeup: trio.Event = field(default_factory=trio.Event)
+    input_ended: bool = False
+
+    def add(self, rows: int, threshold: int) -> None:
+        self.rows_waiting += rows
+        if self.rows_waiting >= threshold:
+            self.wakeup.set()
+
+    def end(self) -> None:
+        self.input_ended = True
+        self.wakeup.set()
+
+    def reset(self) -> None:
+        self.rows_waiting = 0
+        self.wakeup = trio.Event()
+
+
+def decide(
+    jobs: list[SpoolJob], ledger: QuotaLedger, month: int, spool_free_bytes: int
+) -> tuple[list[SpoolJob], list[tuple[SpoolJob, str]]]:
+    """Split a group into admitted jobs and (refused job, status). Plain function.
+
+    Quota: a batch is admitted while its org is below quota; usage counts the admitted batches
+    earlier in the same group, so two batches racing past the line cannot both cross it.
+    """
+    admitted: list[SpoolJob] = []
+    refused: list[tuple[SpoolJob, str]] = []
+    pending: dict[str, int] = {}
+    for job in jobs:
+        a = job.append
+        used = ledger.used(a.org_id, month) + pending.get(a.org_id, 0)
+        if a.monthly_span_quota is not None and used >= a.monthly_span_quota:
+            refused.append((job, "quota_exceeded"))
+        elif len(a.rows) > spool_free_bytes:
+            refused.append((job, "overloaded"))
+        else:
+            admitted.append(job)
+            pending[a.org_id] = pending.get(a.org_id, 0) + a.spans
+            spool_free_bytes -= len(a.rows)
+    return admitted, refused
+
+
+async def run_spool(
+    config: Config,
+    spool: Spool,
+    ledger: QuotaLedger,
+    flush: FlushSignal,
+    receive: trio.MemoryReceiveChannel[SpoolJob],
+    *,
+    clock: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with receive:
+        task_status.started()
+        try:
+            async for first in receive:
+                jobs = [first]
+                while len(jobs) < MAX_GROUP:
+                    try:
+                        jobs.append(receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await _commit_group(config, spool, ledger, flush, jobs, month_of(clock()))
+        finally:
+            flush.end()
+
+
+async def _commit_group(
+    config: Config,
+    spool: Spool,
+    ledger: QuotaLedger,
+    flush: FlushSignal,
+    jobs: list[SpoolJob],
+    month: int,
+) -> None:
+    free = config.spool_max_bytes - spool.pending_bytes()
+    admitted, refused = decide(jobs, ledger, month, free)
+    for job, status in refused:
+        job.reply(AppendReply(job.append.req_id, status, retry_after_s=_retry_after(status)))
+    if not admitted:
+        return
+    payloads = [
+        encode_record(SpoolRecord(1, j.append.org_id, j.append.spans, month, j.append.rows))
+        for j in admitted
+    ]
+    try:
+        await trio.to_thread.run_sync(spool.append, payloads)
+    except OSError as exc:  # disk full, I/O error: nothing was acknowledged, the client retries
+        log.error("spool_append_failed", error=str(exc), batches=len(admitted))
+        for job in admitted:
+            job.reply(AppendReply(job.append.req_id, "overloaded", retry_after_s=5))
+        return
+    for job in admitted:
+        ledger.charge(job.append.org_id, job.append.spans, month)
+        job.reply(AppendReply(job.append.req_id, "ok", spans=job.append.spans))
+    flush.add(sum(j.append.spans for j in admitted), config.flush_max_rows)
+
+
+def _retry_after(status: str) -> int:
+    return 1 if status == "overloaded" else 0

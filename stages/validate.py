@@ -1,0 +1,376 @@
+"""Decoding and validation of an ingest body (SPEC §2). Pure functions, no I/O.
+
+``decode_batch(body, media)`` returns a ``Batch``, or the reason it is refused as a value:
+``InvalidBody`` (not JSON / msgpack, not UTF-8, not an object at the root -> 400 invalid_body)
+or ``InvalidPayload`` (every schema / rule violation -> 400 invalid_payload).
+
+How (one schema, in ``stages.payload``):
+1. Fast path: ``msgspec`` decodes the body straight into ``Batch`` (per-field constraints are
+   ``Meta`` annotations), then ``_check_rules`` checks the cross-field rules and
+   ``_json_texts`` turns ``Span.input`` / ``Span.output`` into JSON text.
+2. Only when msgspec raises ``ValidationError`` (it stops at the first error): the body is
+   decoded without a type and ``_check`` walks it against the same Struct definitions,
+   converting each field on its own with ``msgspec.convert``, so that every issue is found with
+   its path. Invalid values become ``None`` in the partial ``Batch`` it builds, and the
+   cross-field rules run on what is valid.
+
+An issue is ``{"path": [...], "code": str, "message": str}``; the path holds wire (camelCase)
+keys and list indexes from the batch root. Issue codes:
+
+    required            a required field is absent
+    invalid_type        wrong JSON type (string expected, got number, ...)
+    too_short           string shorter than its minimum length
+    too_long            string longer than its maximum length (in characters)
+    too_few             list with fewer items than its minimum
+    too_many            list with more items than its maximum
+    invalid_value       right type, value not allowed (enum, version, number < 0, not JSON)
+    invalid_timestamp   not an RFC 3339 timestamp with an offset or "Z"
+    end_before_start    span endTime before its startTime
+    duplicate_id        span id already used in the same trace (path of the later one)
+    parent_is_self      span parentId equal to its own id
+    token_counts        cacheRead + cacheWrite > inputTokens, or reasoning > outputTokens
+    too_many_issues     last issue of a list cut at ``max_issues``
+
+Ownership: ``decode_batch`` does not keep ``body``; the returned ``Batch`` holds copies
+(``input``/``output`` are ``bytes``, not views of the body) and belongs to the caller.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import msgspec
+from msgspec import Raw
+
+from stages.payload import Batch, Span, Trace
+
+Media = Literal["json", "msgpack"]
+Path = list[str | int]
+
+_DECODERS = {"json": msgspec.json.Decoder(Batch), "msgpack": msgspec.msgpack.Decoder(Batch)}
+_GENERIC = {"json": msgspec.json.decode, "msgpack": msgspec.msgpack.decode}
+_ANY_MSGPACK = msgspec.msgpack.Decoder()
+_JSON = msgspec.json.Encoder()
+_MEDIA_NAMES = {"json": "JSON", "msgpack": "msgpack"}
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidBody:
+    """The body is not valid JSON / msgpack (-> 400 invalid_body)."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidPayload:
+    """The payload breaks the schema or a rule (-> 400 invalid_payload)."""
+
+    issues: list[dict]
+
+
+def decode_batch(
+    body: bytes, media: Media, *, max_issues: int = 100
+) -> Batch | InvalidBody | InvalidPayload:
+    """Decode and validate one ingest body. At most ``max_issues`` issues are returned."""
+    if not body:
+        return InvalidBody("body is empty")
+    if media == "json" and not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return InvalidBody(f"body is not valid UTF-8 (byte {exc.start})")
+    try:
+        batch = _DECODERS[media].decode(body)
+    except msgspec.ValidationError as exc:
+        return _explain(body, media, exc, _Issues(max_issues))
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return _invalid_body(media, exc)
+    issues = _Issues(max_issues)
+    _check_rules(batch, issues)
+    _json_texts(batch, media, issues)
+    return issues.result() if issues.items else batch
+
+
+class _Issues:
+    """The issues of one decode, capped at ``cap``; ``full`` once more have been seen."""
+
+    __slots__ = ("cap", "full", "items")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = max(1, cap)
+        self.items: list[dict] = []
+        self.full = False
+
+    def add(self, path: Path, code: str, message: str) -> None:
+        if len(self.items) < self.cap:
+            self.items.append({"path": path, "code": code, "message": message})
+        else:
+            self.full = True
+
+    def add_error(self, path: Path, exc: msgspec.ValidationError) -> None:
+        """Add a msgspec error raised while checking the value at ``path``."""
+        message, where = _split_error(str(exc))
+        self.add([*path, *where], _code(message), message)
+
+    def result(self) -> InvalidPayload:
+        if not self.full:
+            return InvalidPayload(self.items)
+        kept = self.items[: self.cap - 1]
+        cut = f"too many issues: only the first {len(kept)} are listed"
+        return InvalidPayload([*kept, {"path": [], "code": "too_many_issues", "message": cut}])
+
+
+# -- cross-field rules (both paths; on the slow path invalid values are None) -------------------
+
+
+def _check_rules(batch: Batch, issues: _Issues) -> None:
+    """End ≥ start, parentId ≠ id, token sums, span ids unique per trace id.
+
+    Hot loop (runs on every valid batch): kept inline; paths are built only on a violation.
+    """
+    ids_by_trace: dict[str, set[str]] = {}
+    for ti, trace in enumerate(batch.traces or ()):
+        if issues.full:
+            return
+        spans = trace.spans or ()
+        for si, span in enumerate(spans):
+            pid = span.parent_id
+            if pid is not None and pid == span.id:
+                issues.add(_at(ti, si, "parentId"), "parent_is_self", "parentId equals the span id")
+            end = span.end_time
+            if end is not None and span.start_time is not None and end < span.start_time:
+                issues.add(_at(ti, si, "endTime"), "end_before_start", "endTime is before startTime")
+            usage = span.usage
+            if usage is None:
+                continue
+            it, cr, cw = usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens
+            if it is not None and cr is not None and cw is not None and cr + cw > it:
+                message = f"inputTokens ({it}) must include cacheReadTokens + cacheWriteTokens"
+                issues.add(_at(ti, si, "usage", "inputTokens"), "token_counts", message)
+            ot, rt = usage.output_tokens, usage.reasoning_tokens
+            if ot is not None and rt is not None and rt > ot:
+                message = f"outputTokens ({ot}) must include reasoningTokens ({rt})"
+                issues.add(_at(ti, si, "usage", "outputTokens"), "token_counts", message)
+        ids = {span.id for span in spans}
+        earlier = ids_by_trace.get(trace.id)
+        if len(ids) != len(spans) or (earlier is not None and not earlier.isdisjoint(ids)):
+            _report_duplicates(trace, ti, earlier or set(), issues)
+        if trace.id is not None:
+            ids_by_trace[trace.id] = ids | earlier if earlier else ids
+
+
+def _report_duplicates(trace: Trace, ti: int, seen: set[str], issues: _Issues) -> None:
+    seen = set(seen)
+    for si, span in enumerate(trace.spans or ()):
+        if span.id is None:
+            continue
+        if span.id in seen:
+            message = f"span id {span.id!r} is used more than once in trace {trace.id!r}"
+            issues.add(_at(ti, si, "id"), "duplicate_id", message)
+        seen.add(span.id)
+
+
+def _at(ti: int, si: int, *rest: str) -> Path:
+    return ["traces", ti, "spans", si, *rest]
+
+
+# -- input / output as JSON text (fast path) ---------------------------------------------------
+
+
+def _json_texts(batch: Batch, media: Media, issues: _Issues) -> None:
+    """Replace each span's Raw ``input``/``output`` by its JSON text (bytes), or None."""
+    if media == "json":  # the Raw is already JSON text: one copy out of the body, no re-encode
+        for trace in batch.traces:
+            for span in trace.spans:
+                text = bytes(span.input)
+                span.input = text if text and text != b"null" else None
+                text = bytes(span.output)
+                span.output = text if text and text != b"null" else None
+        return
+    for ti, trace in enumerate(batch.traces):
+        for si, span in enumerate(trace.spans):
+            try:
+                span.input = _msgpack_to_json(span.input)
+                span.output = _msgpack_to_json(span.output)
+            except (TypeError, ValueError, msgspec.DecodeError):  # Ext, odd keys, bad UTF-8
+                _report_not_json(span, _at(ti, si), issues)
+
+
+def _msgpack_to_json(raw: Raw) -> bytes | None:
+    value = _ANY_MSGPACK.decode(raw) if len(raw) else None
+    return None if value is None else _JSON.encode(value)
+
+
+def _report_not_json(span: Span, path: Path, issues: _Issues) -> None:
+    """Finish a span whose input or output has no JSON text, reporting which one."""
+    for name in ("input", "output"):
+        raw = getattr(span, name)
+        if not isinstance(raw, Raw):  # converted before the failure
+            continue
+        try:
+            setattr(span, name, _msgpack_to_json(raw))
+        except (TypeError, ValueError, msgspec.DecodeError) as exc:
+            setattr(span, name, None)
+            issues.add([*path, name], "invalid_value", f"value cannot be represented as JSON: {exc}")
+
+
+# -- slow path: find every issue by walking the generic value against the Structs -----------
+
+
+def _explain(
+    body: bytes, media: Media, first: msgspec.ValidationError, issues: _Issues
+) -> InvalidBody | InvalidPayload:
+    try:
+        value = _GENERIC[media](body)
+    except msgspec.ValidationError as exc:  # a JSON number out of range: no walk possible
+        issues.add_error([], first)
+        if str(exc) != str(first):
+            issues.add_error([], exc)
+        return issues.result()
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return _invalid_body(media, exc)
+    if not isinstance(value, dict):
+        return InvalidBody(f"the body must be an object at the root, got {_kind(value)}")
+    batch = _check(value, Batch, [], issues)
+    _check_rules(batch, issues)
+    if not issues.items:  # msgspec saw something the walk did not: report it as is
+        issues.add_error([], first)
+    return issues.result()
+
+
+def _check(value: Any, tp: Any, path: Path, issues: _Issues) -> Any:
+    """Return ``value`` converted to ``tp``, adding an issue for every violation inside it.
+
+    Invalid values become None; a Struct is always built (with its invalid fields None).
+    """
+    base, metas = (get_args(tp)[0], get_args(tp)[1:]) if get_origin(tp) is Annotated else (tp, ())
+    if base is Raw:
+        _check_raw(value, path, issues)
+        return None
+    origin = get_origin(base)
+    if origin is Union or origin is types.UnionType:
+        options = [arg for arg in get_args(base) if arg is not type(None)]
+        if value is None and len(options) < len(get_args(base)):
+            return None
+        if len(options) == 1 and not metas:
+            return _check(value, options[0], path, issues)
+    elif isinstance(base, type) and issubclass(base, msgspec.Struct):
+        if isinstance(value, dict):
+            return _check_struct(value, base, path, issues)
+        _convert(value, base, path, issues)
+        return base(**{field.name: None for field in msgspec.structs.fields(base)})
+    elif origin is list and isinstance(value, list):
+        _convert(value, Annotated[(list[Any], *metas)] if metas else list, path, issues)
+        (item,) = get_args(base)
+        return [_check(v, item, [*path, i], issues) for i, v in _until_full(value, issues)]
+    elif origin is dict and isinstance(value, dict):
+        key, item = get_args(base)
+        _convert(value, Annotated[(dict[key, Any], *metas)] if metas else dict[key, Any], path, issues)
+        return {k: _check(v, item, [*path, k], issues) for k, v in value.items()}
+    return _convert(value, tp, path, issues)
+
+
+def _check_struct(value: dict, cls: type[msgspec.Struct], path: Path, issues: _Issues) -> Any:
+    raw_fields = _raw_fields(cls)
+    try:  # shortcut: most of a mostly-valid batch converts in one call
+        converted = msgspec.convert(
+            {k: v for k, v in value.items() if k not in raw_fields} if raw_fields else value, cls
+        )
+    except msgspec.ValidationError:
+        pass
+    else:
+        for name in raw_fields.intersection(value):
+            _check_raw(value[name], [*path, name], issues)
+        return converted
+    kwargs = {}
+    for field in msgspec.structs.fields(cls):
+        where = [*path, field.encode_name]
+        if field.encode_name in value:
+            kwargs[field.name] = _check(value[field.encode_name], field.type, where, issues)
+        elif field.required:
+            issues.add(where, "required", f"`{field.encode_name}` is required")
+            kwargs[field.name] = None
+    return cls(**kwargs)
+
+
+def _check_raw(value: Any, path: Path, issues: _Issues) -> None:
+    """``input``/``output`` take any value that has a JSON text."""
+    try:
+        msgspec.json.encode(value)
+    except (TypeError, ValueError) as exc:
+        issues.add(path, "invalid_value", f"value cannot be represented as JSON: {exc}")
+
+
+def _convert(value: Any, tp: Any, path: Path, issues: _Issues) -> Any:
+    try:
+        return msgspec.convert(value, tp)
+    except msgspec.ValidationError as exc:
+        issues.add_error(path, exc)
+        return None
+
+
+def _until_full(items: list, issues: _Issues):
+    for pair in enumerate(items):
+        if issues.full:
+            return
+        yield pair
+
+
+@cache
+def _raw_fields(cls: type[msgspec.Struct]) -> frozenset[str]:
+    """Wire names of the fields of ``cls`` typed ``Raw`` (``msgspec.convert`` cannot make one)."""
+    return frozenset(f.encode_name for f in msgspec.structs.fields(cls) if f.type is Raw)
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+_CODES = (  # msgspec 0.22 message prefix -> issue code; first match wins
+    ("Expected `str` of length >=", "too_short"),
+    ("Expected `str` of length <=", "too_long"),
+    ("Expected `array` of length >=", "too_few"),
+    ("Expected `array` of length <=", "too_many"),
+    ("Expected `object` of length >=", "too_few"),
+    ("Expected `object` of length <=", "too_many"),
+    ("Object missing required field", "required"),
+    ("Invalid RFC3339", "invalid_timestamp"),
+    ("Expected `datetime` with a timezone", "invalid_timestamp"),
+    ("Expected `datetime` without a timezone", "invalid_timestamp"),
+)
+_STEP = re.compile(r"\.([A-Za-z_]\w*)|\[(\d+)\]|\[\.\.\.\]")  # `[...]`: a key msgspec omits
+
+
+def _code(message: str) -> str:
+    for prefix, code in _CODES:
+        if message.startswith(prefix):
+            return code
+    return "invalid_type" if ", got `" in message else "invalid_value"
+
+
+def _split_error(text: str) -> tuple[str, Path]:
+    """``"Expected `int` - at `$.a[0]`"`` -> ``("Expected `int`", ["a", 0])``."""
+    message, sep, where = text.partition(" - at `")
+    if not sep:
+        return text, []
+    where = where.rstrip("`").removeprefix("key` in `")
+    path: Path = []
+    for m in _STEP.finditer(where, 1):
+        if m[1] is None and m[2] is None:
+            break
+        path.append(m[1] if m[1] is not None else int(m[2]))
+    return message, path
+
+
+def _invalid_body(media: Media, exc: Exception) -> InvalidBody:
+    if isinstance(exc, UnicodeDecodeError):
+        return InvalidBody(f"body is not valid {_MEDIA_NAMES[media]}: a string is not UTF-8")
+    return InvalidBody(f"body is not valid {_MEDIA_NAMES[media]}: {exc}")
+
+
+def _kind(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else "a value")
+
