@@ -52,7 +52,8 @@ def request_head(method: str, target: str, host: str, headers: dict[str, str]) -
 
 
 def with_length(head: bytes, body: bytes) -> bytes:
-    return b"%s%d\r\n\r\n%s" % (head, len(body), body)
+    """The complete head for `body` (sent apart from the body: no copy of a big body)."""
+    return b"%s%d\r\n\r\n" % (head, len(body))
 
 
 class Connection(trio.abc.AsyncResource):
@@ -65,27 +66,28 @@ class Connection(trio.abc.AsyncResource):
 
     async def request(self, head: bytes, body: bytes) -> Response:
         """Send `head` (from `request_head`) with `body`, return the reply."""
-        data = with_length(head, body)
+        head = with_length(head, body)
         try:
             with trio.fail_after(self.timeout_s):
                 if self._stream is not None:
                     try:
-                        return await self._exchange(data)
+                        return await self._exchange(head, body)
                     except _NoReply:
                         pass  # the server closed the idle socket: once more on a fresh one
-                return await self._exchange(data)
+                return await self._exchange(head, body)
         except trio.TooSlowError:
             await self._close()
             raise TransportError(f"no reply within {self.timeout_s}s") from None
 
-    async def _exchange(self, data: bytes) -> Response:
+    async def _exchange(self, head: bytes, body: bytes) -> Response:
         done, self._replied = False, False
         try:
             if self._stream is None:
                 await self._connect()
             assert self._stream is not None
             try:
-                await self._stream.send_all(data)
+                await self._stream.send_all(head)
+                await self._stream.send_all(body)
             except trio.BrokenResourceError:
                 # The server may have answered early (e.g. 413) and closed: read that reply.
                 with trio.move_on_after(1.0):

@@ -121,8 +121,9 @@ class _Plan:
 
     def stop(self, reason: str) -> None:
         """End the run now: no new request, no retry (quota used up, key refused)."""
-        self.stopped.set()
-        self.stop_reason = self.stop_reason or reason
+        if not self.stopped.is_set():
+            self.stopped.set()
+            self.stop_reason = reason
 
     def take(self) -> tuple[int, float] | None:
         """(seq, scheduled send time) of the next request, or None: no more to send. Requests
@@ -308,7 +309,7 @@ def summarize(stats: _Stats, plan: _Plan, elapsed_s: float, url: str) -> dict[st
         "retries": stats.retries,
         "transport_errors": stats.transport_errors,
         "abandoned": stats.abandoned,
-        "quota_exhausted": plan.stop_reason == "quota_exceeded",
+        "quota_exhausted": stats.statuses["429:quota_exceeded"] > 0,
         "stop_reason": plan.stop_reason,
         "url": url,
     }

@@ -160,12 +160,14 @@ class Spool:
         self._sizes: dict[int, int] = {}  # seq -> durable end offset, in increasing seq order
         self._active = 0  # the published active segment (never deleted)
         self._end = BEGINNING
-        self._cp, self._state = BEGINNING, None
+        self._cp: Position = BEGINNING
+        self._state: bytes | None = None
         self._pending = 0
         self._wfd, self._wseq, self._wpos = -1, 0, 0  # writer side: fd, its seq, next offset
         self._rotate_next = False
         self._rfd: tuple[int, int] | None = None  # reader side: (seq, fd)
-        self._logged: set[tuple[int, int]] = set()
+        self._logged: set[tuple[int, int]] = set()  # corruption already reported
+        self._skips: dict[tuple[int, int], int] = {}  # reader: bad spot -> where reading resumes
         self._dir.mkdir(parents=True, exist_ok=True)
         self._dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -415,8 +417,11 @@ class Spool:
                 if got:
                     cursor = result = Position(cursor.segment, end)
                 if problem is not None:
-                    self._report(cursor.segment, end, limit - end, problem)
-                    cursor = result = Position(cursor.segment, limit)
+                    # The first decision sticks: in the active segment, a later read from before
+                    # the bad spot must not skip the records appended since.
+                    skip_to = self._skips.setdefault((cursor.segment, end), limit)
+                    self._report(cursor.segment, end, skip_to - end, problem)
+                    cursor = result = Position(cursor.segment, skip_to)
                 elif end < limit:
                     break  # the budget is spent
             return out, result

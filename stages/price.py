@@ -32,20 +32,12 @@ import datetime
 import functools
 import os
 import re
-from collections import Counter
-from decimal import Decimal
 from typing import Any, NamedTuple
 
 from genai_prices import __version__ as GENAI_PRICES_VERSION
 from genai_prices import types as gp
 
-from stages.price_overrides import (
-    SOURCE_TABLE,
-    Band,
-    Overrides,
-    Rates,
-    load_overrides,
-)
+from stages.price_overrides import SOURCE_TABLE, Band, Overrides, Rates, load_overrides, table_rates
 
 CACHE_SIZE = 16_384
 
@@ -85,7 +77,6 @@ _ALIASES = {
 _SEPARATORS = re.compile(r"[\s_.]+")
 # A version pin or a date at the end of a model name: retried without it when the name misses.
 _SUFFIX = re.compile(r"(?:-v\d+:\d+|@[^@/]*|:[^:/]*|[-_]20\d\d-?(?:0[1-9]|1[0-2])-?(?:0[1-9]|[12]\d|3[01]))$")
-_PRICE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
 
 
 def _normalize(provider: str) -> str:
@@ -197,7 +188,7 @@ class PriceTable:
             if rates := self.overrides.find(keys, names, day):
                 return rates
         found = self._match(provider, ref)
-        return None if found is None else _table_rates(found[0], found[1], day)
+        return None if found is None else table_rates(found[0], found[1], day)
 
     def _match_uncached(self, provider: str | None, ref: str) -> tuple[str, gp.ModelInfo] | None:
         attempts: list[tuple[str, str]] = []
@@ -227,63 +218,6 @@ class PriceTable:
                 if model is not None:
                     return self._maker.get(id(model), provider_id), model
         return None
-
-
-def _table_rates(provider_id: str, model: gp.ModelInfo, day: datetime.date) -> Rates | None:
-    prices = _prices_on(model, day)
-    values: dict[str, Decimal | gp.TieredPrices | None] = {
-        key: getattr(prices, key) for key in (*_PRICE_KEYS, "output_reasoning_mtok")
-    }
-    if values["input_mtok"] is None and values["output_mtok"] is None:
-        return None  # priced by something other than tokens (audio, requests) or not at all
-    starts = sorted({t.start for v in values.values() if isinstance(v, gp.TieredPrices) for t in v.tiers})
-    bands = [_band(values, above) for above in (-1, *starts)]
-    return Rates(
-        model_id=model.id,
-        provider_id=provider_id,
-        source=SOURCE_TABLE,
-        base=bands[0],
-        tiers=tuple(bands[1:]),
-        cache_read_priced=values["cache_read_mtok"] is not None,
-        cache_write_priced=values["cache_write_mtok"] is not None,
-    )
-
-
-def _band(values: dict[str, Decimal | gp.TieredPrices | None], above: int) -> Band:
-    def at(key: str) -> float | None:
-        value = values[key]
-        if isinstance(value, gp.TieredPrices):
-            applicable = value.base
-            for tier in value.tiers:  # ascending
-                if tier.start <= above:
-                    applicable = tier.price
-            return float(applicable)
-        return None if value is None else float(value)
-
-    input_mtok = at("input_mtok") or 0.0
-    read, write = at("cache_read_mtok"), at("cache_write_mtok")
-    return Band(
-        above=above,
-        input_mtok=input_mtok,
-        output_mtok=at("output_mtok") or 0.0,
-        cache_read_mtok=input_mtok if read is None else read,
-        cache_write_mtok=input_mtok if write is None else write,
-        reasoning_mtok=at("output_reasoning_mtok"),
-    )
-
-
-def _prices_on(model: gp.ModelInfo, day: datetime.date) -> gp.ModelPrice:
-    """The model's standard prices in force on `day` (UTC). Time-of-day prices cannot be told
-    apart at day granularity: the price in force for most of the day is taken."""
-    noon = datetime.datetime.combine(day, datetime.time(12), datetime.UTC)
-    conditional = model.prices if isinstance(model.prices, list) else []
-    if not any(isinstance(c.constraint, gp.TimeOfDateConstraint) for c in conditional):
-        return model.get_prices(noon)
-    midnight = noon.replace(hour=0)
-    slots = [midnight + datetime.timedelta(minutes=15 * i + 7) for i in range(96)]
-    votes = Counter(id(model.get_prices(slot)) for slot in slots)
-    winner = votes.most_common(1)[0][0]
-    return next(c.prices for c in conditional if id(c.prices) == winner)
 
 
 # --------------------------------------------------------------------------- `run.py prices`

@@ -1,9 +1,10 @@
-"""Resolved rates, and the operator's prices file (`INGEST_PRICES_FILE`, see docs/PRICES.md).
+"""Resolved rates, from the bundled genai-prices table and from the operator's prices file
+(`INGEST_PRICES_FILE`, see docs/PRICES.md), helpers of `stages.price`.
 
 `Rates` is what the pricing hot path multiplies by: the per-million-token prices of one model on
 one day, already converted to floats, with its long-context tiers flattened into `Band`s.
-`stages.price` builds `Rates` from the bundled genai-prices table; this module builds them from
-the operator's prices file, which is applied ahead of that table.
+`table_rates` builds them from a genai-prices model entry; `load_overrides` from the prices file,
+which `stages.price` applies ahead of the table.
 
 Error handling: a prices file that cannot be read or does not follow the format raises
 `ConfigError` naming the file, the entry and the problem, so the node refuses to start. Nothing
@@ -15,10 +16,14 @@ from __future__ import annotations
 import datetime
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from genai_prices import types as gp
 
 from pipeline.errors import ConfigError
 
@@ -105,6 +110,68 @@ class Overrides:
             if best is not None:
                 return best.rates
         return None
+
+
+# --------------------------------------------------------------------------- the bundled table
+
+_PRICE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "output_reasoning_mtok")
+
+
+def table_rates(provider_id: str, model: gp.ModelInfo, day: datetime.date) -> Rates | None:
+    """The token prices of a genai-prices model on `day`, or None if it has none (e.g. audio-only
+    or subscription models). Price variants (batch, priority tiers) are not applied."""
+    prices = _prices_on(model, day)
+    values: dict[str, Decimal | gp.TieredPrices | None] = {key: getattr(prices, key) for key in _PRICE_KEYS}
+    if values["input_mtok"] is None and values["output_mtok"] is None:
+        return None  # priced by something other than tokens (audio, requests) or not at all
+    starts = sorted({t.start for v in values.values() if isinstance(v, gp.TieredPrices) for t in v.tiers})
+    bands = [_band(values, above) for above in (-1, *starts)]
+    return Rates(
+        model_id=model.id,
+        provider_id=provider_id,
+        source=SOURCE_TABLE,
+        base=bands[0],
+        tiers=tuple(bands[1:]),
+        cache_read_priced=values["cache_read_mtok"] is not None,
+        cache_write_priced=values["cache_write_mtok"] is not None,
+    )
+
+
+def _band(values: dict[str, Decimal | gp.TieredPrices | None], above: int) -> Band:
+    def at(key: str) -> float | None:
+        value = values[key]
+        if isinstance(value, gp.TieredPrices):
+            applicable = value.base
+            for tier in value.tiers:  # ascending
+                if tier.start <= above:
+                    applicable = tier.price
+            return float(applicable)
+        return None if value is None else float(value)
+
+    input_mtok = at("input_mtok") or 0.0
+    read, write = at("cache_read_mtok"), at("cache_write_mtok")
+    return Band(
+        above=above,
+        input_mtok=input_mtok,
+        output_mtok=at("output_mtok") or 0.0,
+        cache_read_mtok=input_mtok if read is None else read,
+        cache_write_mtok=input_mtok if write is None else write,
+        reasoning_mtok=at("output_reasoning_mtok"),
+    )
+
+
+def _prices_on(model: gp.ModelInfo, day: datetime.date) -> gp.ModelPrice:
+    """The model's standard prices in force on `day` (UTC). Time-of-day prices cannot be told
+    apart at day granularity: the price in force for most of the day is taken."""
+    noon = datetime.datetime.combine(day, datetime.time(12), datetime.UTC)
+    conditional = model.prices if isinstance(model.prices, list) else []
+    if not any(isinstance(c.constraint, gp.TimeOfDateConstraint) for c in conditional):
+        return model.get_prices(noon)
+    midnight = noon.replace(hour=0)
+    slots = [midnight + datetime.timedelta(minutes=15 * i + 7) for i in range(96)]
+    votes = Counter(id(model.get_prices(slot)) for slot in slots)
+    winner = votes.most_common(1)[0][0]
+    return next(c.prices for c in conditional if id(c.prices) == winner)
 
 
 # --------------------------------------------------------------------------- the prices file

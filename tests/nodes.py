@@ -127,7 +127,7 @@ class Node:
 
     def post(self, body: bytes | dict, *, key: str | None, headers: dict[str, str] | None = None,
              client: httpx.Client | None = None) -> httpx.Response:  # fmt: skip
-        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        data = json.dumps(body, ensure_ascii=False).encode() if isinstance(body, dict) else body
         all_headers = {"Content-Type": "application/json"}
         if key is not None:
             all_headers["Authorization"] = f"Bearer {key}"

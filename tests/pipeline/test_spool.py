@@ -277,6 +277,22 @@ def test_corrupt_checksum_mid_segment_skips_the_rest_of_it(spool_dir: Path, caps
         assert warning["reason"] == "checksum mismatch"
 
 
+def test_corruption_in_the_active_segment_keeps_later_appends(spool_dir: Path, capsys) -> None:
+    with Spool.open(spool_dir) as spool:
+        spool.append([b"a" * 100, b"b" * 100, b"c" * 100])
+        (seg,) = segments(spool_dir)
+        with seg.open("r+b") as f:  # rots under a running node
+            f.seek(HEADER_SIZE + RECORD_OVERHEAD + 100 + RECORD_OVERHEAD + 10)
+            f.write(b"!")
+        got, pos = spool.read(BEGINNING, max_bytes=1 << 20)
+        assert got == [b"a" * 100] and pos == spool.end
+        spool.append([b"d"])
+        # a flusher that retries from its old cursor skips the same bytes, and no more
+        assert read_all(spool)[0] == [b"a" * 100, b"d"]
+        assert spool.read(pos, max_bytes=1 << 20)[0] == [b"d"]
+        assert len(warnings(capsys.readouterr().err)) == 1
+
+
 def test_corruption_inside_the_last_segment_on_open(spool_dir: Path, capsys) -> None:
     with Spool.open(spool_dir) as spool:
         spool.append([b"a" * 100, b"b" * 100, b"c" * 100])

@@ -6,6 +6,7 @@
     gemini-1.5-pro        1.25 / 5 up to 128k input tokens, 2.50 / 10 above
     claude-sonnet-4-5     3 / 15 (0.30 read, 3.75 write) up to 200k, 6 / 22.50 (0.60, 7.50) above
     o3                    10 / 40 until 2025-06-09, 2 / 8 from 2025-06-10 (OpenAI's 80% cut)
+    deepseek-chat         0.27 in (0.07 cache hit), 1.10 out; half price 16:30-00:30 UTC
     sonar-deep-research   2 in, 8 out, 3 reasoning
 """
 
@@ -94,6 +95,9 @@ KNOWN = {
         "openai", "o3", datetime.date(2025, 6, 10), M, M, 0, 0, 0, (2.0, 8.0, 0.0, 0.0, 10.0), "o3"),
     "o3 reasoning is output at the output price": (
         "openai", "o3", DAY, 0, 10_000, 0, 0, 8_000, (0.0, 0.08, 0.0, 0.0, 0.08), "o3"),
+    "deepseek-chat: the time-of-day price in force for most of the day (standard, not off-peak)": (
+        "deepseek", "deepseek-chat", DAY, M, M, M // 2, 0, 0,
+        (0.135, 1.10, 0.035, 0.0, 1.27), "deepseek-chat"),
     "sonar-deep-research prices reasoning apart": (
         "perplexity", "sonar-deep-research", DAY, 0, 10_000, 0, 0, 6_000,
         (0.0, 0.05, 0.0, 0.0, 0.05), "sonar-deep-research"),
