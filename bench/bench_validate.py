@@ -7,6 +7,7 @@ span, LLM calls with model, usage, chat messages as input/output and attributes,
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -102,7 +103,7 @@ def measure(seconds: float = 2.0, spans_per_batch: int = 100, *, baseline: bool 
     5 rounds, reporting the median round (``<media>_spans_per_s``) and the best one
     (``<media>_spans_per_s_best``; the least disturbed by other processes on the machine).
     ``baseline=True`` also times msgspec's typed decode alone (``<media>_msgspec_only_*``),
-    in the same budget.
+    in the same budget, its rounds interleaved with those of ``decode_batch``.
     """
     batch = make_batch(spans_per_batch)
     bodies = {"json": msgspec.json.encode(batch), "msgpack": msgspec.msgpack.encode(batch)}
@@ -116,10 +117,14 @@ def measure(seconds: float = 2.0, spans_per_batch: int = 100, *, baseline: bool 
     result: dict[str, Any] = {"spans_per_batch": spans_per_batch}
     for media, body in bodies.items():
         result[f"{media}_body_bytes"] = len(body)
-        for label, run in runs.items():
-            rates = sorted(_rate(run, body, media, round_s) * spans_per_batch for _ in range(5))
-            result[f"{media}{label}_spans_per_s"] = round(rates[2])
-            result[f"{media}{label}_spans_per_s_best"] = round(rates[-1])
+        rates: dict[str, list[float]] = {label: [] for label in runs}
+        for _ in range(5):
+            for label, run in runs.items():
+                rates[label].append(_rate(run, body, media, round_s) * spans_per_batch)
+        for label, found in rates.items():
+            found.sort()
+            result[f"{media}{label}_spans_per_s"] = round(found[2])
+            result[f"{media}{label}_spans_per_s_best"] = round(found[-1])
     return result
 
 
@@ -134,6 +139,6 @@ def _rate(run: Callable[[bytes, str], object], body: bytes, media: str, seconds:
     return calls / elapsed
 
 
-if __name__ == "__main__":
-    for key, value in measure(baseline=True).items():
+if __name__ == "__main__":  # python -m bench.bench_validate [seconds]
+    for key, value in measure(float(sys.argv[1]) if len(sys.argv) > 1 else 4.0, baseline=True).items():
         print(f"{key}: {value}")

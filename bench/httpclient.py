@@ -116,9 +116,7 @@ class Connection(trio.abc.AsyncResource):
         assert self._stream is not None
         data = await self._stream.receive_some(RECEIVE_BYTES)
         if not data:
-            raise (
-                TransportError("connection closed mid-reply") if self._replied else _NoReply("EOF")
-            )
+            raise (TransportError("connection closed mid-reply") if self._replied else _NoReply("EOF"))
         self._replied = True
         self._buf += data
 
@@ -142,9 +140,7 @@ class Connection(trio.abc.AsyncResource):
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         connection = headers.get("connection", "").lower()
-        will_close = "close" in connection or (
-            version == "HTTP/1.0" and "keep-alive" not in connection
-        )
+        will_close = "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
         if status in (204, 304):
             body = b""
         elif "chunked" in headers.get("transfer-encoding", "").lower():

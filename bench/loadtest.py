@@ -110,9 +110,7 @@ class _Stats:
 class _Plan:
     """Hands out request numbers (and, open loop, send times) until the run is over."""
 
-    def __init__(
-        self, start: float, duration_s: float, rate: float | None, max_requests: int | None
-    ) -> None:
+    def __init__(self, start: float, duration_s: float, rate: float | None, max_requests: int | None) -> None:
         self.start, self.deadline = start, start + duration_s
         self.rate, self.max_requests = rate, max_requests
         self.next_seq = 0
@@ -165,9 +163,7 @@ def retry_after_s(reply: Response) -> float:
         return 1.0
 
 
-async def _send(
-    conn: Connection, head: bytes, body: bytes, spans: int, at: float, plan: _Plan, stats: _Stats
-) -> None:
+async def _send(conn: Connection, head: bytes, body: bytes, spans: int, at: float, plan: _Plan, stats: _Stats) -> None:
     """One logical request: send until it gets a final answer, or the run ends."""
     failures = 0
     while True:
@@ -209,19 +205,19 @@ def _accepted(reply: Response, spans: int) -> int:
         return spans
 
 
-async def _worker(
-    pool: BodyPool, conn: Connection, head: bytes, plan: _Plan, stats: _Stats
-) -> None:
+async def _worker(pool: BodyPool, conn: Connection, head: bytes, plan: _Plan, stats: _Stats) -> None:
     async with conn:
         while (job := plan.take()) is not None:
             seq, at = job
-            if plan.rate is not None and not await plan.wait_until(at):
-                stats.abandoned += 1
-                break
             if pool.needs_work(seq):
                 body = await trio.to_thread.run_sync(pool.body, seq)
             else:
                 body = pool.body(seq)
+            if plan.rate is None:
+                at = trio.current_time()
+            elif not await plan.wait_until(at):
+                stats.abandoned += 1
+                break
             await _send(conn, head, body, pool.spans, at, plan, stats)
 
 
@@ -264,9 +260,7 @@ async def run_load(
         1,
         min(POOL_SIZE, POOL_BUDGET_BYTES // (2500 * spans_per_request), max_requests or POOL_SIZE),
     )
-    pool = await trio.to_thread.run_sync(
-        partial(BodyPool, size, spans_per_request, media, encoding)
-    )
+    pool = await trio.to_thread.run_sync(partial(BodyPool, size, spans_per_request, media, encoding))
     headers = {
         "Authorization": f"Bearer {key}",
         "Content-Type": pool.content_type,
@@ -300,10 +294,7 @@ def summarize(stats: _Stats, plan: _Plan, elapsed_s: float, url: str) -> dict[st
         "requests_per_s": round(stats.requests / elapsed_s, 1),
         "spans_accepted": stats.spans_accepted,
         "spans_per_s": round(stats.spans_accepted / elapsed_s, 1),
-        "latency_ms": {
-            name: round(lat.percentile_ms(p), 3)
-            for name, p in (("p50", 50), ("p95", 95), ("p99", 99))
-        }
+        "latency_ms": {name: round(lat.percentile_ms(p), 3) for name, p in (("p50", 50), ("p95", 95), ("p99", 99))}
         | {"max": round(lat.max_s * 1e3, 3)},
         "statuses": dict(sorted(stats.statuses.items())),
         "retries": stats.retries,
@@ -325,15 +316,10 @@ def format_summary(s: dict[str, Any]) -> str:
             f"  spans accepted   {s['spans_accepted']}  ({s['spans_per_s']:.1f}/s)",
             f"  latency of 202s  p50 {lat['p50']:.2f}  p95 {lat['p95']:.2f}  "
             + f"p99 {lat['p99']:.2f}  max {lat['max']:.2f} ms",
-            "  statuses         "
-            + ("  ".join(f"{k}={v}" for k, v in s["statuses"].items()) or "-"),
+            "  statuses         " + ("  ".join(f"{k}={v}" for k, v in s["statuses"].items()) or "-"),
             f"  retries          {s['retries']}   transport errors {s['transport_errors']}   "
             + f"abandoned {s['abandoned']}",
-            *(
-                ["  QUOTA EXHAUSTED: the org's monthly span quota is used up"]
-                if s["quota_exhausted"]
-                else []
-            ),
+            *(["  QUOTA EXHAUSTED: the org's monthly span quota is used up"] if s["quota_exhausted"] else []),
         ]
     )
 

@@ -69,6 +69,9 @@ class Config:
     # --- logs
     log_level: str = "info"
 
+    # --- tests only: while this file exists the store fails (see pipeline/testing.py)
+    store_fault_file: str = ""
+
     @property
     def store_url(self) -> str:
         """The store the writer opens: `CLICKHOUSE_URL`, or the embedded engine in the data dir."""

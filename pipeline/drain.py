@@ -2,9 +2,9 @@
 
 The drain sequence itself is a fixed nesting of nurseries and deadlines in `pipeline.topology`
 (stop upstream first, so each stage drains into a live consumer). This module only provides its
-trigger: `watch_for_drain` returns when SIGTERM or SIGINT arrives, or when the supervisor closes
-our stdin (it died, or asks us to stop), after flipping `DrainState.draining` so that new requests
-get 503 `draining` and `/readyz` answers 503.
+trigger: `watch_for_drain` flips `DrainState.draining` (new requests get 503 `draining`, `/readyz`
+answers 503) when SIGTERM or SIGINT arrives, or when the supervisor closes our stdin (it died, or
+asks us to stop); `DrainState.started` is the event to wait on.
 """
 
 from __future__ import annotations
@@ -41,22 +41,20 @@ async def stdin_closed() -> None:
 
 
 async def watch_for_drain(state: DrainState, *, signals: bool = True) -> None:
-    """Return once draining has begun: on SIGTERM/SIGINT (if `signals`), stdin EOF, or a call to
-    `state.begin` from elsewhere."""
+    """Begin draining on SIGTERM/SIGINT (if `signals`) or stdin EOF. Runs until cancelled, so
+    later signals (Ctrl-C reaches the whole process group, then the supervisor forwards SIGTERM)
+    are absorbed instead of killing the process mid-drain."""
     async with trio.open_nursery() as nursery:
 
-        async def on_signal() -> None:
+        async def on_signals() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
                 async for signum in received:
                     state.begin(signal.Signals(signum).name)
-                    return
 
         async def on_stdin() -> None:
             await stdin_closed()
             state.begin("stdin closed")
 
         if signals:
-            nursery.start_soon(on_signal)
+            nursery.start_soon(on_signals)
         nursery.start_soon(on_stdin)
-        await state.started.wait()
-        nursery.cancel_scope.cancel()

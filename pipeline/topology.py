@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import signal
 import time
+from pathlib import Path
 
 import trio
 
@@ -34,7 +35,8 @@ from pipeline.link_server import Reply, serve_links
 from pipeline.log import get_logger
 from pipeline.messages import Admit, Append, Message, Query, QueryReply, Status, decode_record
 from pipeline.spool import Spool
-from pipeline.store import AsyncStore, open_store
+from pipeline.store import AsyncStore, Store, open_store
+from pipeline.testing import FaultyStore
 from stages.admission import QuotaLedger, RateLimiter
 from stages.flush import FlushHealth, run_flush, status_reply
 from stages.front import create_app, run_front
@@ -61,18 +63,21 @@ async def run_front_worker(config: Config, listen_fd: int) -> None:
         return await writer_readiness(front_link)
 
     async def shutdown_trigger() -> None:
-        await watch_for_drain(state)
+        await state.started.wait()
         await trio.sleep(config.drain_grace_s)  # the listener stays open, answering 503 draining
 
     app = create_app(config, controlplane, state, validate_send, front_link, readiness)
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(run_link, config.writer_socket, link_receive)
-            await nursery.start(run_price, config, table, price_receive, link_send)
-            await nursery.start(run_validate, config, validate_receive, price_send)
-            async with validate_send, front_link:
-                await run_front(config, app, listen_fd, shutdown_trigger)
-            # Every request is answered and our channel ends are closed: the stages drain, return.
+        async with trio.open_nursery() as signals:
+            signals.start_soon(watch_for_drain, state)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run_link, config.writer_socket, link_receive)
+                await nursery.start(run_price, config, table, price_receive, link_send)
+                await nursery.start(run_validate, config, validate_receive, price_send)
+                async with validate_send, front_link:
+                    await run_front(config, app, listen_fd, shutdown_trigger)
+                # Every request is answered and our channel ends are closed: the stages drain.
+            signals.cancel_scope.cancel()
     finally:
         controlplane.close()
     log.info("front_stopped")
@@ -81,7 +86,7 @@ async def run_front_worker(config: Config, listen_fd: int) -> None:
 # =========================================================================== writer
 async def run_writer(config: Config) -> None:
     """The writer process: store owner, spool, admission state. Stops when stdin closes."""
-    store = AsyncStore(functools.partial(open_store, config.store_url), ddl(config.clickhouse_database))
+    store = AsyncStore(functools.partial(store_opener, config), ddl(config.clickhouse_database))
     await connect_once(store)
     spool = Spool.open(config.spool_dir, segment_max_bytes=config.spool_segment_bytes)
     flushed_ledger, ledger = replay_ledgers(spool)
@@ -123,7 +128,7 @@ async def run_writer(config: Config) -> None:
         await nursery.start(links)
         print("READY", flush=True)  # the supervisor starts the fronts on this line
         log.info("writer_ready", spool_pending_bytes=spool.pending_bytes())
-        await stdin_closed()
+        await stdin_closed()  # the supervisor's order, given once every front is gone
         # Drain: every front is gone. Stop the links, end the spool stage, final flush (bounded).
         links_scope.cancel()
         await spool_send.aclose()
@@ -133,6 +138,13 @@ async def run_writer(config: Config) -> None:
     spool.close()
     await store.close()
     log.info("writer_stopped", rows_flushed=health.rows_flushed)
+
+
+def store_opener(config: Config) -> Store:
+    store = open_store(config.store_url)
+    if config.store_fault_file:
+        return FaultyStore(store, Path(config.store_fault_file))
+    return store
 
 
 async def connect_once(store: AsyncStore) -> None:

@@ -121,7 +121,9 @@ async def _flush_all(
             functools.partial(spool.read, cursor, max_bytes=config.flush_max_bytes)
         )
         if not records:
-            return cursor
+            if end != cursor:  # the spool skipped corrupt bytes: move the checkpoint past them
+                await trio.to_thread.run_sync(spool.checkpoint, end, flushed_ledger.to_bytes())
+            return end
         block = make_block(cursor, end, records)
         await _insert_with_retry(config, insert, block, health)
         for org_id, spans, month in block.charges:

@@ -38,6 +38,7 @@ ScalarMap = dict[str, Scalar]
 SpanKind = Literal["llm", "embedding", "tool", "retrieval", "agent", "chain", "custom"]
 SpanStatus = Literal["ok", "error", "unset"]
 
+
 class _Payload(msgspec.Struct, rename="camel", gc=False):
     """Common options of every payload Struct (subclasses add ``kw_only=True``: it is not inherited)."""
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import trio
 
 from pipeline.config import Config
+from pipeline.errors import RetryableError
 from pipeline.log import get_logger
 from pipeline.messages import Append, AppendReply, SpoolRecord, encode_record
 from pipeline.spool import Spool
@@ -127,7 +128,7 @@ async def _commit_group(
     ]
     try:
         await trio.to_thread.run_sync(spool.append, payloads)
-    except OSError as exc:  # disk full, I/O error: nothing was acknowledged, the client retries
+    except (OSError, RetryableError) as exc:  # disk full, I/O error: nothing acknowledged, client retries
         log.error("spool_append_failed", error=str(exc), batches=len(admitted))
         for job in admitted:
             job.reply(AppendReply(job.append.req_id, "overloaded", retry_after_s=5))

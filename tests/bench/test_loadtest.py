@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 
 import msgspec
@@ -183,7 +183,7 @@ def check_batch(batch: dict, spans: int) -> Counter[str]:
         for span in trace["spans"]:
             assert 1 <= len(span["id"]) <= 128 and 1 <= len(span["name"]) <= 512
             assert span["status"] in {"ok", "error"}
-            assert _time(span["endTime"]) >= _time(span["startTime"])
+            assert datetime.now(UTC) >= _time(span["endTime"]) >= _time(span["startTime"])
             for io in ("input", "output"):
                 assert 20 <= len(json.dumps(span[io])) <= 8000
             assert all(isinstance(v, str | int | float | bool) for v in span["attributes"].values())
@@ -229,9 +229,7 @@ def test_a_big_request_keeps_to_1000_traces_per_batch() -> None:
     check_batch(batch, 12_001)
 
 
-@pytest.mark.parametrize(
-    ("media", "encoding"), [("json", "identity"), ("msgpack", "gzip"), ("json", "zstd")]
-)
+@pytest.mark.parametrize(("media", "encoding"), [("json", "identity"), ("msgpack", "gzip"), ("json", "zstd")])
 def test_ids_stay_unique_over_reuses_of_the_pool(media: str, encoding: str) -> None:
     pool, other_run = BodyPool(3, 25, media, encoding), BodyPool(3, 25, media, encoding)
     traces, spans = set(), set()
@@ -246,15 +244,18 @@ def test_ids_stay_unique_over_reuses_of_the_pool(media: str, encoding: str) -> N
                 assert span["id"] not in spans
                 spans.add(span["id"])
     assert len(spans) == 25 * len(bodies)
-    assert pool.needs_work(3) == (encoding != "identity") and not pool.needs_work(2)
+    assert pool.needs_work(3) == (encoding == "zstd") and not pool.needs_work(2)
 
 
-@pytest.mark.parametrize("media", ["json", "msgpack"])
-def test_the_nodes_own_validator_accepts_the_bodies(media: str) -> None:
+@pytest.mark.parametrize(("media", "encoding"), [("json", "identity"), ("msgpack", "gzip"), ("json", "zstd")])
+def test_the_nodes_own_decoder_and_validator_accept_the_bodies(media: str, encoding: str) -> None:
+    decompress = pytest.importorskip("stages.decompress").decompress
     validate = pytest.importorskip("stages.validate")
-    pool = BodyPool(2, 100, media)
+    pool = BodyPool(2, 100, media, encoding)
     for seq in (0, 1, 2, 3):
-        result = validate.decode_batch(pool.body(seq), media)
+        raw = decompress(pool.body(seq), encoding, 64 << 20)
+        assert raw == pool.raw(seq % 2, seq // 2)
+        result = validate.decode_batch(raw, media)
         assert not isinstance(result, validate.InvalidBody | validate.InvalidPayload), result
 
 
@@ -359,8 +360,13 @@ async def test_chunked_and_read_to_close_replies(nursery: trio.Nursery) -> None:
     ]
 
     async def handler(stream: trio.SocketStream) -> None:
-        await stream.receive_some(65536)
-        await stream.send_all(replies.pop(0))
+        while replies:
+            request = b""
+            while not request.endswith(b"{}"):  # the whole request: head, then body "{}"
+                request += await stream.receive_some(65536)
+            await stream.send_all(reply := replies.pop(0))
+            if reply.startswith(b"HTTP/1.0"):
+                return
 
     listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
     conn = Connection("127.0.0.1", listeners[0].socket.getsockname()[1])
@@ -376,24 +382,22 @@ async def test_the_duration_bounds_the_run(nursery: trio.Nursery) -> None:
     server = await start(nursery)
     t0 = trio.current_time()
     summary = await load(server, duration_s=0.5, concurrency=4)
-    assert 0.5 <= trio.current_time() - t0 < 0.9
+    assert 0.5 <= trio.current_time() - t0 < 1.2
     assert summary["stop_reason"] == "duration" and summary["statuses"]["202"] > 4
 
 
 async def test_a_retry_past_the_end_is_abandoned(nursery: trio.Nursery) -> None:
-    server = await start(
-        nursery, lambda n, r: Reply(429, {"error": "rate_limited"}, {"Retry-After": "30"})
-    )
+    server = await start(nursery, lambda n, r: Reply(429, {"error": "rate_limited"}, {"Retry-After": "30"}))
     t0 = trio.current_time()
     summary = await load(server, duration_s=0.5, concurrency=2)
-    assert trio.current_time() - t0 < 0.9
+    assert trio.current_time() - t0 < 1.2
     assert summary["abandoned"] == 2 and summary["retries"] == 0
 
 
 async def test_open_loop_sends_at_the_rate(nursery: trio.Nursery) -> None:
     server = await start(nursery)
     summary = await load(server, duration_s=1.0, concurrency=4, rate=40.0)
-    assert 38 <= summary["requests"] <= 40
+    assert 35 <= summary["requests"] <= 40
     gaps = [b.time - a.time for a, b in zip(server.requests, server.requests[1:], strict=False)]
     assert sum(gaps) / len(gaps) == pytest.approx(1 / 40, rel=0.2)
 
@@ -406,9 +410,7 @@ async def test_open_loop_counts_latency_from_the_scheduled_time(nursery: trio.Nu
 
     listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
     url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-    summary = await run_load(
-        url, "k", duration_s=1.0, concurrency=1, spans_per_request=1, rate=20.0
-    )
+    summary = await run_load(url, "k", duration_s=1.0, concurrency=1, spans_per_request=1, rate=20.0)
     # the 5th request was due at 0.2 s but sent at 0.8 s: queueing is part of its latency
     assert summary["latency_ms"]["max"] >= 700
 
@@ -419,6 +421,13 @@ async def test_open_loop_counts_latency_from_the_scheduled_time(nursery: trio.Nu
 async def test_a_non_loopback_url_is_refused(url: str) -> None:
     with pytest.raises(ValueError):
         await run_load(url, "k", duration_s=1, concurrency=1, spans_per_request=1, rate=None)
+
+
+async def test_progress_lines_go_to_stderr(nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]) -> None:
+    server = await start(nursery)
+    await load(server, duration_s=1.3, progress=True)
+    err = capsys.readouterr().err
+    assert "req/s" in err and "spans/s" in err and "p99" in err and "202=" in err
 
 
 def test_loopback_urls() -> None:
@@ -441,8 +450,15 @@ def test_run_prints_the_summary_as_json(capsys: pytest.CaptureFixture[str]) -> N
     summary = json.loads(capsys.readouterr().out)
     assert summary["statuses"] == {"202": 5} and summary["url"] == server.url
     assert set(summary["latency_ms"]) == {"p50", "p95", "p99", "max"}
-    for key in ("duration_s", "requests_per_s", "spans_accepted", "spans_per_s", "retries",
-                "transport_errors", "quota_exhausted"):  # fmt: skip
+    for key in (
+        "duration_s",
+        "requests_per_s",
+        "spans_accepted",
+        "spans_per_s",
+        "retries",
+        "transport_errors",
+        "quota_exhausted",
+    ):
         assert key in summary
     assert server.requests[0].headers["content-encoding"] == "gzip"
 

@@ -75,9 +75,7 @@ def test_minimal_batch_gets_spec_defaults(media: str) -> None:
     result = ok(batch(), media)
     t, s = result.traces[0], result.traces[0].spans[0]
     assert (result.version, result.sdk, t.id, t.environment) == ("v1", None, "t1", "default")
-    assert (s.id, s.name, s.kind, s.status, s.parent_id, s.end_time) == (
-        "s1", "call", "custom", "unset", None, None
-    )
+    assert (s.id, s.name, s.kind, s.status, s.parent_id, s.end_time) == ("s1", "call", "custom", "unset", None, None)
     assert s.input is None and s.output is None and s.usage is None and s.cost is None
 
 
@@ -85,29 +83,52 @@ def test_full_batch_decodes_every_field(media: str) -> None:
     payload = batch(
         trace(
             span(
-                id="s1", parentId="s0", name="chat", kind="llm", endTime=T1, status="error",
-                statusMessage="boom", model="gpt-4o-mini", provider="openai",
-                usage={"inputTokens": 10, "outputTokens": 5, "cacheReadTokens": 4,
-                       "cacheWriteTokens": 6, "reasoningTokens": 5},
-                cost={"total": 0.25}, input=[{"role": "user"}], output="hi",
+                id="s1",
+                parentId="s0",
+                name="chat",
+                kind="llm",
+                endTime=T1,
+                status="error",
+                statusMessage="boom",
+                model="gpt-4o-mini",
+                provider="openai",
+                usage={
+                    "inputTokens": 10,
+                    "outputTokens": 5,
+                    "cacheReadTokens": 4,
+                    "cacheWriteTokens": 6,
+                    "reasoningTokens": 5,
+                },
+                cost={"total": 0.25},
+                input=[{"role": "user"}],
+                output="hi",
                 attributes={"a": "x", "b": 1, "c": 1.5, "d": True},
             ),
-            name="run", userId="u", sessionId="sess", environment="prod", release="1.2",
-            tags=["a", "b"], metadata={"k": "v", "n": 2},
+            name="run",
+            userId="u",
+            sessionId="sess",
+            environment="prod",
+            release="1.2",
+            tags=["a", "b"],
+            metadata={"k": "v", "n": 2},
         ),
         sdk={"name": "foglamp-py", "version": "0.1"},
     )
     result = ok(payload, media)
     t, s = result.traces[0], result.traces[0].spans[0]
-    assert (t.name, t.user_id, t.session_id, t.environment, t.release) == (
-        "run", "u", "sess", "prod", "1.2"
-    )
+    assert (t.name, t.user_id, t.session_id, t.environment, t.release) == ("run", "u", "sess", "prod", "1.2")
     assert t.tags == ["a", "b"] and t.metadata == {"k": "v", "n": 2}
     assert (s.parent_id, s.kind, s.status, s.status_message, s.model, s.provider) == (
-        "s0", "llm", "error", "boom", "gpt-4o-mini", "openai"
+        "s0",
+        "llm",
+        "error",
+        "boom",
+        "gpt-4o-mini",
+        "openai",
     )
-    assert s.usage == Usage(input_tokens=10, output_tokens=5, cache_read_tokens=4,
-                            cache_write_tokens=6, reasoning_tokens=5)
+    assert s.usage == Usage(
+        input_tokens=10, output_tokens=5, cache_read_tokens=4, cache_write_tokens=6, reasoning_tokens=5
+    )
     assert s.cost is not None and s.cost.total == 0.25
     assert s.attributes == {"a": "x", "b": 1, "c": 1.5, "d": True}
     assert s.end_time - s.start_time == timedelta(seconds=1.25)
@@ -116,17 +137,17 @@ def test_full_batch_decodes_every_field(media: str) -> None:
 
 def test_json_and_msgpack_give_the_same_batch() -> None:
     payload = batch(
-        trace(span(usage={"inputTokens": 3}, input={"q": [1, 2.5, None, "é"]}, output=7,
-                   attributes={"x": False}), metadata={"m": 1.5}),
+        trace(
+            span(usage={"inputTokens": 3}, input={"q": [1, 2.5, None, "é"]}, output=7, attributes={"x": False}),
+            metadata={"m": 1.5},
+        ),
         sdk={"name": "n", "version": "v"},
     )
     assert ok(payload, "json") == ok(payload, "msgpack")
 
 
 def test_absent_usage_counts_are_zero(media: str) -> None:
-    assert ok(batch(trace(span(usage={"outputTokens": 2}))), media).traces[0].spans[0].usage == (
-        Usage(output_tokens=2)
-    )
+    assert ok(batch(trace(span(usage={"outputTokens": 2}))), media).traces[0].spans[0].usage == (Usage(output_tokens=2))
 
 
 @pytest.mark.parametrize("field", ["name", "userId", "sessionId", "release", "tags", "metadata"])
@@ -145,14 +166,12 @@ def test_optional_span_fields_accept_null(media: str, field: str) -> None:
 def test_unknown_fields_are_ignored_everywhere(media: str) -> None:
     extra = {"future": {"nested": [1, "x"]}, "newField": None}
     payload = batch(
-        trace(span(usage={"inputTokens": 1, **extra}, cost={"total": 1, **extra}, **extra),
-              **extra),
+        trace(span(usage={"inputTokens": 1, **extra}, cost={"total": 1, **extra}, **extra), **extra),
         sdk={"name": "n", "version": "v", **extra},
         **extra,
     )
     assert ok(payload, media) == ok(
-        batch(trace(span(usage={"inputTokens": 1}, cost={"total": 1})), sdk={"name": "n",
-                                                                              "version": "v"}),
+        batch(trace(span(usage={"inputTokens": 1}, cost={"total": 1})), sdk={"name": "n", "version": "v"}),
         media,
     )
 
@@ -209,8 +228,7 @@ def test_msgpack_input_without_a_json_text_is_found_with_other_issues() -> None:
 
 @pytest.mark.parametrize(
     ("text", "offset"),
-    [("2025-01-01T10:00:00Z", 0), ("2025-01-01T10:00:00.123456+05:30", 330),
-     ("2025-01-01T10:00:00-08:00", -480)],
+    [("2025-01-01T10:00:00Z", 0), ("2025-01-01T10:00:00.123456+05:30", 330), ("2025-01-01T10:00:00-08:00", -480)],
 )
 def test_timestamps_are_timezone_aware(media: str, text: str, offset: int) -> None:
     s = ok(batch(trace(span(startTime=text, endTime=text))), media).traces[0].spans[0]
@@ -225,9 +243,14 @@ def test_msgpack_native_timestamp_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     ("value", "code"),
-    [("2025-01-01T10:00:00", "invalid_timestamp"), ("2025-01-01", "invalid_timestamp"),
-     ("yesterday", "invalid_timestamp"), ("2025-13-01T10:00:00Z", "invalid_timestamp"),
-     (1735725600, "invalid_type"), (None, "invalid_type")],
+    [
+        ("2025-01-01T10:00:00", "invalid_timestamp"),
+        ("2025-01-01", "invalid_timestamp"),
+        ("yesterday", "invalid_timestamp"),
+        ("2025-13-01T10:00:00Z", "invalid_timestamp"),
+        (1735725600, "invalid_type"),
+        (None, "invalid_type"),
+    ],
 )
 def test_start_time_must_be_rfc3339_with_offset(media: str, value: Any, code: str) -> None:
     assert issues(batch(trace(span(startTime=value))), media) == [(at(0, "startTime"), code)]
@@ -245,18 +268,17 @@ def test_end_before_start(media: str) -> None:
 
 def test_end_before_start_compares_instants_across_offsets(media: str) -> None:
     # 10:30+02:00 is 08:30Z: an end at 09:00Z is after it.
-    ok(batch(trace(span(startTime="2025-01-01T10:30:00+02:00", endTime="2025-01-01T09:00:00Z"))),
-       media)
-    payload = batch(trace(span(startTime="2025-01-01T09:00:00Z",
-                               endTime="2025-01-01T10:30:00+02:00")))
+    ok(batch(trace(span(startTime="2025-01-01T10:30:00+02:00", endTime="2025-01-01T09:00:00Z"))), media)
+    payload = batch(trace(span(startTime="2025-01-01T09:00:00Z", endTime="2025-01-01T10:30:00+02:00")))
     assert issues(payload, media) == [(at(0, "endTime"), "end_before_start")]
 
 
 # -- batch and trace structure -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "code"), [("v2", "invalid_value"), (1, "invalid_type"),
-                                             (None, "invalid_type"), ("", "invalid_value")])
+@pytest.mark.parametrize(
+    ("value", "code"), [("v2", "invalid_value"), (1, "invalid_type"), (None, "invalid_type"), ("", "invalid_value")]
+)
 def test_version_must_be_v1(media: str, value: Any, code: str) -> None:
     assert issues(batch(version=value), media) == [(["version"], code)]
 
@@ -322,17 +344,21 @@ def test_wrong_types(media: str, payload: dict, path: list) -> None:
 
 # -- string limits (in characters) ---------------------------------------------------------
 
-_TRACE_LIMITS = [("id", 1, 128), ("name", 0, 512), ("userId", 0, 256), ("sessionId", 0, 256),
-                 ("environment", 0, 64), ("release", 0, 128)]
+_TRACE_LIMITS = [
+    ("id", 1, 128),
+    ("name", 0, 512),
+    ("userId", 0, 256),
+    ("sessionId", 0, 256),
+    ("environment", 0, 64),
+    ("release", 0, 128),
+]
 _SPAN_LIMITS = [("id", 1, 128), ("name", 1, 512), ("model", 0, 256), ("provider", 0, 64)]
 
 
 @pytest.mark.parametrize(("field", "low", "high"), _TRACE_LIMITS)
 def test_trace_string_limits(media: str, field: str, low: int, high: int) -> None:
     ok(batch(trace(**{field: "é" * high})), media)  # characters, not bytes
-    assert issues(batch(trace(**{field: "x" * (high + 1)})), media) == [
-        (["traces", 0, field], "too_long")
-    ]
+    assert issues(batch(trace(**{field: "x" * (high + 1)})), media) == [(["traces", 0, field], "too_long")]
     if low:
         assert issues(batch(trace(**{field: ""})), media) == [(["traces", 0, field], "too_short")]
     else:
@@ -342,9 +368,7 @@ def test_trace_string_limits(media: str, field: str, low: int, high: int) -> Non
 @pytest.mark.parametrize(("field", "low", "high"), _SPAN_LIMITS)
 def test_span_string_limits(media: str, field: str, low: int, high: int) -> None:
     ok(batch(trace(span(**{field: "é" * high}))), media)
-    assert issues(batch(trace(span(**{field: "x" * (high + 1)}))), media) == [
-        (at(0, field), "too_long")
-    ]
+    assert issues(batch(trace(span(**{field: "x" * (high + 1)}))), media) == [(at(0, field), "too_long")]
     if low:
         assert issues(batch(trace(span(**{field: ""}))), media) == [(at(0, field), "too_short")]
     else:
@@ -365,8 +389,7 @@ def test_tags_limits(media: str) -> None:
 # -- enums ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["llm", "embedding", "tool", "retrieval", "agent", "chain",
-                                  "custom"])
+@pytest.mark.parametrize("kind", ["llm", "embedding", "tool", "retrieval", "agent", "chain", "custom"])
 def test_every_kind_is_accepted(media: str, kind: str) -> None:
     assert ok(batch(trace(span(kind=kind))), media).traces[0].spans[0].kind == kind
 
@@ -376,8 +399,7 @@ def test_every_status_is_accepted(media: str, status: str) -> None:
     assert ok(batch(trace(span(status=status))), media).traces[0].spans[0].status == status
 
 
-@pytest.mark.parametrize(("field", "value"), [("kind", "LLM"), ("kind", "http"),
-                                              ("status", "failed"), ("status", "")])
+@pytest.mark.parametrize(("field", "value"), [("kind", "LLM"), ("kind", "http"), ("status", "failed"), ("status", "")])
 def test_enum_values(media: str, field: str, value: str) -> None:
     assert issues(batch(trace(span(**{field: value}))), media) == [(at(0, field), "invalid_value")]
 
@@ -388,8 +410,7 @@ def test_enum_values(media: str, field: str, value: str) -> None:
 @pytest.mark.parametrize("field", ["metadata", "attributes"])
 def test_map_values_are_scalars(media: str, field: str) -> None:
     bad = {"ok": "s", "list": [1], "obj": {"a": 1}, "null": None, "n": 1, "f": 0.5, "b": True}
-    payload = (batch(trace(metadata=bad)) if field == "metadata"
-               else batch(trace(span(attributes=bad))))
+    payload = batch(trace(metadata=bad)) if field == "metadata" else batch(trace(span(attributes=bad)))
     base = ["traces", 0] if field == "metadata" else at(0)
     assert issues(payload, media) == [
         ([*base, field, "list"], "invalid_type"),
@@ -402,9 +423,7 @@ def test_msgpack_map_keys_must_be_strings() -> None:
     body = msgpack.packb(batch(trace(metadata={1: "x"})))
     result = decode_batch(body, "msgpack")
     assert isinstance(result, InvalidPayload)
-    assert [(i["path"], i["code"]) for i in result.issues] == [
-        (["traces", 0, "metadata"], "invalid_type")
-    ]
+    assert [(i["path"], i["code"]) for i in result.issues] == [(["traces", 0, "metadata"], "invalid_type")]
 
 
 # -- span ids ------------------------------------------------------------------------------------
@@ -436,11 +455,20 @@ def test_unknown_parent_is_fine(media: str) -> None:
 # -- usage and cost ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field", ["inputTokens", "outputTokens", "cacheReadTokens",
-                                   "cacheWriteTokens", "reasoningTokens"])
-@pytest.mark.parametrize(("value", "code"), [(-1, "invalid_value"), (1.5, "invalid_type"),
-                                             ("3", "invalid_type"), (True, "invalid_type"),
-                                             (None, "invalid_type"), (2**53, "invalid_value")])
+@pytest.mark.parametrize(
+    "field", ["inputTokens", "outputTokens", "cacheReadTokens", "cacheWriteTokens", "reasoningTokens"]
+)
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (-1, "invalid_value"),
+        (1.5, "invalid_type"),
+        ("3", "invalid_type"),
+        (True, "invalid_type"),
+        (None, "invalid_type"),
+        (2**53, "invalid_value"),
+    ],
+)
 def test_token_counts_are_integers_ge_0(media: str, field: str, value: Any, code: str) -> None:
     usage = {"inputTokens": 10, "outputTokens": 10, field: value}
     assert issues(batch(trace(span(usage=usage))), media) == [(at(0, "usage", field), code)]
@@ -449,8 +477,9 @@ def test_token_counts_are_integers_ge_0(media: str, field: str, value: Any, code
 def test_cache_tokens_within_input_tokens(media: str) -> None:
     fine = {"inputTokens": 10, "cacheReadTokens": 4, "cacheWriteTokens": 6}
     ok(batch(trace(span(usage=fine))), media)
-    payload = batch(trace(span(id="a", usage={**fine, "cacheWriteTokens": 7}),
-                          span(id="b", usage={"cacheReadTokens": 1})))
+    payload = batch(
+        trace(span(id="a", usage={**fine, "cacheWriteTokens": 7}), span(id="b", usage={"cacheReadTokens": 1}))
+    )
     assert issues(payload, media) == [
         (at(0, "usage", "inputTokens"), "token_counts"),
         (at(1, "usage", "inputTokens"), "token_counts"),
@@ -471,12 +500,9 @@ def test_token_sums_use_the_valid_counts_of_a_partly_invalid_usage(media: str) -
     ]
 
 
-@pytest.mark.parametrize(("value", "code"), [(-0.01, "invalid_value"), ("1", "invalid_type"),
-                                             (None, "invalid_type")])
+@pytest.mark.parametrize(("value", "code"), [(-0.01, "invalid_value"), ("1", "invalid_type"), (None, "invalid_type")])
 def test_cost_total_is_a_number_ge_0(media: str, value: Any, code: str) -> None:
-    assert issues(batch(trace(span(cost={"total": value}))), media) == [
-        (at(0, "cost", "total"), code)
-    ]
+    assert issues(batch(trace(span(cost={"total": value}))), media) == [(at(0, "cost", "total"), code)]
 
 
 def test_cost_total_accepts_zero_and_integers(media: str) -> None:
@@ -527,9 +553,7 @@ def test_issues_are_capped_at_100(media: str) -> None:
 
 
 def test_issue_cap_is_configurable_and_exact(media: str) -> None:
-    assert issues(_bad_spans(5), media, max_issues=5) == [
-        (at(i, "name"), "too_short") for i in range(5)
-    ]
+    assert issues(_bad_spans(5), media, max_issues=5) == [(at(i, "name"), "too_short") for i in range(5)]
     assert issues(_bad_spans(6), media, max_issues=5)[-1] == ([], "too_many_issues")
     assert len(issues(_bad_spans(6), media, max_issues=5)) == 5
     assert issues(_bad_spans(3), media, max_issues=1) == [([], "too_many_issues")]
@@ -547,9 +571,21 @@ def test_cap_also_counts_cross_field_issues(media: str) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"{", b'{"version": "v1",}', b"not json", b'{"version":"v1"} trailing', b"\xff{}",
-     b'{"version":"v1","traces":[{"id":"\xc3\x28"}]}', b'{"future":"\xff"}',
-     b"\xef\xbb\xbf{}", b"[1, 2]", b'"v1"', b"null", b"42"],
+    [
+        b"",
+        b"{",
+        b'{"version": "v1",}',
+        b"not json",
+        b'{"version":"v1"} trailing',
+        b"\xff{}",
+        b'{"version":"v1","traces":[{"id":"\xc3\x28"}]}',
+        b'{"future":"\xff"}',
+        b"\xef\xbb\xbf{}",
+        b"[1, 2]",
+        b'"v1"',
+        b"null",
+        b"42",
+    ],
 )
 def test_invalid_json_bodies(body: bytes) -> None:
     result = decode_batch(body, "json")
@@ -568,8 +604,15 @@ def test_root_must_be_an_object_message() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"\xc1", b"\x81\xa1a", msgpack.packb([1, 2]), msgpack.packb("v1"),
-     msgpack.packb({"version": "v1"}) + b"\x00", b"\x81\xa7version\xa2\xff\xfe"],
+    [
+        b"",
+        b"\xc1",
+        b"\x81\xa1a",
+        msgpack.packb([1, 2]),
+        msgpack.packb("v1"),
+        msgpack.packb({"version": "v1"}) + b"\x00",
+        b"\x81\xa7version\xa2\xff\xfe",
+    ],
 )
 def test_invalid_msgpack_bodies(body: bytes) -> None:
     result = decode_batch(body, "msgpack")
@@ -577,8 +620,27 @@ def test_invalid_msgpack_bodies(body: bytes) -> None:
 
 
 def test_json_number_out_of_range_is_an_issue() -> None:
-    body = (b'{"version":"v1","traces":[{"id":"t","spans":[{"id":"s","name":"n","startTime":"'
-            + T0.encode() + b'","usage":{"inputTokens":1e999}}]}]}')
+    body = (
+        b'{"version":"v1","traces":[{"id":"t","spans":[{"id":"s","name":"n","startTime":"'
+        + T0.encode()
+        + b'","usage":{"inputTokens":1e999}}]}]}'
+    )
     result = decode_batch(body, "json")
     assert isinstance(result, InvalidPayload)
     assert result.issues[0]["path"] == at(0, "usage", "inputTokens")
+
+
+def test_deeply_nested_bodies_are_invalid_body(media: str) -> None:
+    body = encode(batch(trace(span(input=None))), media)
+    if media == "json":
+        body = body.replace(b'"input":null', b'"input":' + b"[" * 5000 + b"]" * 5000)
+    else:  # 5000 one-item arrays around an empty one
+        body = body.replace(b"\xa5input\xc0", b"\xa5input" + b"\x91" * 5000 + b"\x90")
+    result = decode_batch(body, media)
+    assert isinstance(result, InvalidBody) and "deep" in result.message
+
+
+def test_enum_issues_list_the_allowed_values(media: str) -> None:
+    result = decode_batch(encode(batch(trace(span(kind="http"))), media), media)
+    assert isinstance(result, InvalidPayload)
+    assert '"llm"' in result.issues[0]["message"] and '"custom"' in result.issues[0]["message"]

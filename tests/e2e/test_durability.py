@@ -1,0 +1,210 @@
+"""Durability and lifecycle, end to end (SPEC §6): crashes with kill -9, torn spool tails, store
+outages through a fault-injecting store, drains under load, killed workers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.nodes import Node, batch, create_key, create_org, query, span, trace, wait_for_rows
+
+
+def spans_batch(trace_id: str, n: int) -> dict:
+    return batch(trace(trace_id, *[span(f"s{i}", kind="llm", model="gpt-4o-mini",
+                                        usage={"inputTokens": 10, "outputTokens": 5}) for i in range(n)]))  # fmt: skip
+
+
+def setup_key(data_dir: Path, name: str = "acme") -> str:
+    return create_key(data_dir, create_org(data_dir, name))
+
+
+def total(data_dir: Path, final: bool = True) -> int:
+    sql = f"SELECT count() AS c FROM foglamp.spans{' FINAL' if final else ''}"
+    return int(query(data_dir, sql)[0]["c"])
+
+
+def post_many(node: Node, key: str, batches: int, spans: int) -> int:
+    accepted = 0
+    with httpx.Client() as client:
+        for _ in range(batches):
+            response = node.post(spans_batch(f"t-{uuid.uuid4().hex}", spans), key=key, client=client)
+            assert response.status_code == 202, response.text
+            accepted += response.json()["accepted"]
+    return accepted
+
+
+def test_kill_9_then_restart_keeps_every_acknowledged_span_exactly_once(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    slow_flush = {"INGEST_FLUSH_INTERVAL_MS": "600000", "INGEST_FLUSH_MAX_ROWS": "100000000"}
+    node = Node(data_dir, env=slow_flush).start()
+    key = setup_key(data_dir)
+    accepted = post_many(node, key, batches=30, spans=10)
+    node.kill()  # the whole process group, no drain: the rows exist only in the spool
+    restarted = Node(data_dir, env={"INGEST_FLUSH_INTERVAL_MS": "200"}).start()
+    try:
+        assert wait_for_rows(data_dir, "SELECT count() AS c FROM foglamp.spans FINAL", accepted) == accepted
+        # Replay twice more (kill again right away): still exactly once.
+        restarted.kill()
+        again = Node(data_dir, env={"INGEST_FLUSH_INTERVAL_MS": "200"}).start()
+        time.sleep(1.0)
+        assert again.stop() == 0
+    finally:
+        restarted.kill() if restarted.process and restarted.process.poll() is None else None
+    query(data_dir, "OPTIMIZE TABLE foglamp.spans FINAL")
+    assert total(data_dir, final=False) == accepted
+    assert total(data_dir) == accepted
+
+
+def test_torn_spool_tail_is_skipped_and_the_node_starts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    node = Node(data_dir, env={"INGEST_FLUSH_INTERVAL_MS": "600000", "INGEST_FLUSH_MAX_ROWS": "100000000"}).start()
+    key = setup_key(data_dir)
+    accepted = post_many(node, key, batches=5, spans=4)
+    node.kill()
+    segment = sorted((data_dir / "spool").glob("*.seg"))[-1]
+    with open(segment, "ab") as tail:  # a crash in the middle of a record: header says 1000 bytes
+        tail.write((1000).to_bytes(4, "little") + b"\x00\x01\x02\x03" + b"half a record")
+    restarted = Node(data_dir, env={"INGEST_FLUSH_INTERVAL_MS": "200"}).start()
+    try:
+        assert wait_for_rows(data_dir, "SELECT count() AS c FROM foglamp.spans FINAL", accepted) == accepted
+        assert "spool_corrupt" in restarted.logs()
+        assert post_many(restarted, key, batches=1, spans=3) == 3  # appends work after the torn tail
+        assert wait_for_rows(data_dir, "SELECT count() AS c FROM foglamp.spans FINAL", accepted + 3) == accepted + 3
+    finally:
+        assert restarted.stop() == 0
+
+
+def test_store_outage_spools_then_sheds_load_then_recovers(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    fault = tmp_path / "store-down"
+    env = {"INGEST_STORE_FAULT_FILE": str(fault), "INGEST_FLUSH_INTERVAL_MS": "100",
+           "INGEST_FLUSH_RETRY_MAX_S": "0.5", "INGEST_SPOOL_MAX_BYTES": "60000"}  # fmt: skip
+    node = Node(data_dir, env=env).start()
+    key = setup_key(data_dir)
+    try:
+        fault.write_text("down")
+        accepted, refused = 0, None
+        with httpx.Client() as client:
+            for _ in range(200):
+                response = node.post(spans_batch(f"t-{uuid.uuid4().hex}", 10), key=key, client=client)
+                if response.status_code == 503:
+                    refused = response
+                    break
+                assert response.status_code == 202, response.text
+                accepted += 10
+        assert accepted > 0, "the spool accepts during an outage"
+        assert refused is not None and refused.json() == {"error": "overloaded"}
+        assert int(refused.headers["Retry-After"]) >= 1
+        ready = httpx.get(f"{node.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "degraded"
+        fault.unlink()  # the store is back
+        assert wait_for_rows(data_dir, "SELECT count() AS c FROM foglamp.spans FINAL", accepted) == accepted
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{node.url}/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert httpx.get(f"{node.url}/readyz").status_code == 200
+        assert post_many(node, key, batches=2, spans=10) == 20  # accepting again
+    finally:
+        fault.unlink(missing_ok=True)
+        assert node.stop() == 0
+    assert total(data_dir) == accepted + 20
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["sigterm-to-supervisor", "sigint-to-group"])
+def test_drain_under_load_answers_503_then_exits_0_with_every_row_stored(tmp_path: Path, group: bool) -> None:
+    data_dir = tmp_path / "data"
+    node = Node(data_dir, env={"INGEST_DRAIN_GRACE_S": "1.5", "INGEST_FLUSH_INTERVAL_MS": "5000"}).start()
+    key = setup_key(data_dir)
+    accepted: list[int] = []
+    draining: list[httpx.Response] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client() as client:
+            while not stop.is_set():
+                try:
+                    r = node.post(spans_batch(f"t-{uuid.uuid4().hex}", 5), key=key, client=client)
+                except httpx.HTTPError:
+                    continue  # the listener closed at the end of the grace period
+                if r.status_code == 202:
+                    accepted.append(r.json()["accepted"])
+                elif r.status_code == 503:
+                    draining.append(r)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    node.signal(signal.SIGINT if group else signal.SIGTERM, group=group)
+    time.sleep(0.7)  # inside the grace period
+    ready = httpx.get(f"{node.url}/readyz")
+    assert ready.status_code == 503 and ready.json() == {"status": "draining"}
+    assert node.process is not None
+    code = node.process.wait(timeout=60)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert code == 0, node.logs()
+    assert accepted, "requests were accepted before the drain"
+    assert draining and all(r.json() == {"error": "draining"} for r in draining)
+    assert all(r.headers.get("connection") == "close" for r in draining)
+    assert total(data_dir) == sum(accepted)  # node stopped: read the store directly
+
+
+def test_killed_worker_is_restarted_and_the_node_keeps_serving(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    node = Node(data_dir).start()
+    key = setup_key(data_dir)
+    try:
+        assert node.process is not None
+        children = subprocess.run(["pgrep", "-P", str(node.process.pid), "-f", "_front"],
+                                  capture_output=True, text=True).stdout.split()  # fmt: skip
+        assert len(children) == 2
+        subprocess.run(["kill", "-9", children[0]], check=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = subprocess.run(["pgrep", "-P", str(node.process.pid), "-f", "_front"],
+                                 capture_output=True, text=True).stdout.split()  # fmt: skip
+            if len(now) == 2 and children[0] not in now:
+                break
+            time.sleep(0.2)
+        assert len(now) == 2 and children[0] not in now
+        assert post_many(node, key, batches=10, spans=2) == 20
+        assert '"child_died"' in node.logs()
+    finally:
+        assert node.stop() == 0
+    assert total(data_dir) == 20
+
+
+def test_killed_writer_is_restarted_from_the_spool(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    node = Node(data_dir, env={"INGEST_FLUSH_INTERVAL_MS": "600000", "INGEST_FLUSH_MAX_ROWS": "100000000"}).start()
+    key = setup_key(data_dir)
+    try:
+        accepted = post_many(node, key, batches=5, spans=4)
+        assert node.process is not None
+        writer = subprocess.run(["pgrep", "-P", str(node.process.pid), "-f", "_writer"],
+                                capture_output=True, text=True).stdout.split()  # fmt: skip
+        subprocess.run(["kill", "-9", writer[0]], check=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                r = node.post(spans_batch(f"t-{uuid.uuid4().hex}", 4), key=key)
+                if r.status_code == 202:
+                    accepted += 4
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the node did not accept again after the writer was killed")
+    finally:
+        assert node.stop() == 0
+    assert total(data_dir) == accepted
