@@ -69,8 +69,10 @@ class Config:
     # --- logs
     log_level: str = "info"
 
-    # --- tests only: while this file exists the store fails (see pipeline/testing.py)
+    # --- tests only: while this file exists the store fails (see pipeline/testing.py), and the
+    # writer's clock (quota months) runs this many seconds ahead
     store_fault_file: str = ""
+    clock_offset_s: float = 0.0
 
     @property
     def store_url(self) -> str:

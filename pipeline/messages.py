@@ -9,6 +9,7 @@ a reader decodes any of them with one typed decoder and a new message kind is an
     front worker ──Append──────────► writer ──AppendReply─►  (after the spool fsync: 202)
     run.py query ──Query───────────► writer ──QueryReply──►  (the writer owns the embedded store)
     front worker ──Status──────────► writer ──StatusReply─►  (/readyz, /metrics)
+    run.py orgs  ──Usage───────────► writer ──UsageReply──►  (the live quota ledger)
 """
 
 from __future__ import annotations
@@ -91,7 +92,19 @@ class StatusReply(_Message, tag="status_reply"):
     flush_failures: int
 
 
-Message = Admit | AdmitReply | Append | AppendReply | Query | QueryReply | Status | StatusReply
+class Usage(_Message, tag="usage"):
+    """Spans accepted per org in the writer's current month (for `run.py orgs usage`)."""
+
+    req_id: int
+
+
+class UsageReply(_Message, tag="usage_reply"):
+    req_id: int
+    month: int
+    spans: dict[str, int]
+
+
+Message = Admit | AdmitReply | Append | AppendReply | Query | QueryReply | Status | StatusReply | Usage | UsageReply
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

@@ -30,21 +30,26 @@ def run_query(config: Config, sql: str, fmt: str) -> bytes:
 
 
 def _through_writer(config: Config, sql: str, fmt: str) -> bytes:
+    reply = ask_writer(config, messages.Query(1, sql, fmt))
+    if not isinstance(reply, messages.QueryReply):
+        raise PermanentError(f"unexpected reply from the writer: {type(reply).__name__}")
+    if not reply.ok:
+        raise PermanentError(reply.error)
+    return reply.data
+
+
+def ask_writer(config: Config, message: messages.Message) -> messages.Message:
+    """One request/reply with a running node's writer over its link socket (blocking)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(TIMEOUT_S)
         try:
             sock.connect(str(config.writer_socket))
         except OSError as exc:
             raise RetryableError(f"the node is running but its writer does not answer: {exc}") from None
-        payload = messages.encode(messages.Query(1, sql, fmt))
+        payload = messages.encode(message)
         sock.sendall(struct.pack(">I", len(payload)) + payload)
         size = struct.unpack(">I", _read_exactly(sock, 4))[0]
-        reply = messages.decode(_read_exactly(sock, size))
-    if not isinstance(reply, messages.QueryReply):
-        raise PermanentError(f"unexpected reply from the writer: {type(reply).__name__}")
-    if not reply.ok:
-        raise PermanentError(reply.error)
-    return reply.data
+        return messages.decode(_read_exactly(sock, size))
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes:

@@ -33,11 +33,11 @@ from pipeline.jobs import Job
 from pipeline.link import Call, run_link, writer_readiness
 from pipeline.link_server import Reply, serve_links
 from pipeline.log import get_logger
-from pipeline.messages import Admit, Append, Message, Query, QueryReply, Status, decode_record
+from pipeline.messages import Admit, Append, Message, Query, QueryReply, Status, Usage, UsageReply, decode_record
 from pipeline.spool import Spool
 from pipeline.store import AsyncStore, Store, open_store
 from pipeline.testing import FaultyStore
-from stages.admission import QuotaLedger, RateLimiter
+from stages.admission import QuotaLedger, RateLimiter, month_of
 from stages.flush import FlushHealth, run_flush, status_reply
 from stages.front import create_app, run_front
 from stages.price import PriceTable
@@ -96,6 +96,9 @@ async def run_writer(config: Config) -> None:
     spool_send, spool_receive = trio.open_memory_channel[SpoolJob](config.spool_capacity)
     database = config.clickhouse_database
 
+    def clock() -> float:
+        return time.time() + config.clock_offset_s
+
     async def insert(table: str, rows: bytes, token: str) -> None:
         await store.insert_msgpack(f"`{database}`.`{table}`", COLUMN_NAMES, rows, dedup_token=token)
 
@@ -109,6 +112,9 @@ async def run_writer(config: Config) -> None:
             await answer_query(store, message, reply)
         elif isinstance(message, Status):
             reply(status_reply(message.req_id, config, spool, health))
+        elif isinstance(message, Usage):
+            month = month_of(clock())
+            reply(UsageReply(message.req_id, month, {org: ledger.used(org, month) for org in ledger.usage}))
 
     async with trio.open_nursery() as nursery:
         flush_scope = trio.CancelScope()
@@ -118,7 +124,9 @@ async def run_writer(config: Config) -> None:
                 await run_flush(config, spool, insert, flushed_ledger, flush_signal, health)
 
         nursery.start_soon(flush)
-        await nursery.start(run_spool, config, spool, ledger, flush_signal, spool_receive)
+        await nursery.start(
+            functools.partial(run_spool, config, spool, ledger, flush_signal, spool_receive, clock=clock)
+        )
         links_scope = trio.CancelScope()
 
         async def links(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -189,7 +197,6 @@ def writer_main(config: Config) -> int:
 def front_main(config: Config, listen_fd: int) -> int:
     trio.run(run_front_worker, config, listen_fd)
     return 0
-
 
 
 def preflight(config: Config) -> None:
