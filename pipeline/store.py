@@ -147,6 +147,9 @@ class AsyncStore:
     async def connect(self) -> None:
         await self._run(lambda store: None)
 
+    async def command(self, sql: str) -> None:
+        await self._run(lambda store: store.command(sql))
+
     async def insert_msgpack(
         self, table: str, columns: Sequence[str], data: bytes, *, dedup_token: str
     ) -> None:

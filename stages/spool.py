@@ -101,7 +101,7 @@ async def run_spool(
                 while len(jobs) < MAX_GROUP:
                     try:
                         jobs.append(receive.receive_nowait())
-                    except trio.WouldBlock:
+                    except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 await _commit_group(config, spool, ledger, flush, jobs, month_of(clock()))
         finally:

@@ -1,0 +1,182 @@
+"""The writer's stages for real: admission arithmetic, the spool stage on memory channels over a
+real spool, and the flush stage into the real embedded ClickHouse (chDB), with a store that fails
+on purpose for the retry and dead-letter paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from pipeline.config import Config
+from pipeline.messages import Append, AppendReply
+from pipeline.spool import Spool
+from pipeline.store import AsyncStore, open_store
+from pipeline.testing import FaultyStore
+from stages.admission import QuotaLedger, RateLimiter, month_of
+from stages.flush import FlushHealth, run_flush
+from stages.payload import Span, Trace
+from stages.price import Priced
+from stages.rows import encode_rows, span_row, truncate_utf8
+from stages.schema import COLUMN_NAMES, COLUMNS, TABLE, ddl
+from stages.spool import FlushSignal, SpoolJob, decide, run_spool
+
+UTC = dt.timezone.utc
+
+
+# --------------------------------------------------------------------------- admission
+async def test_token_bucket_admits_at_most_rt_plus_r(autojump_clock: trio.testing.MockClock) -> None:
+    limiter, rate, admitted = RateLimiter(), 4.0, 0
+    start = trio.current_time()
+    while trio.current_time() - start < 10.0:
+        admitted += limiter.admit("k", rate, trio.current_time()).allowed
+        await trio.sleep(0.01)
+    assert admitted <= rate * 10 + rate
+    assert admitted >= rate * 10  # and it does admit at the rate
+
+
+def test_refusal_carries_retry_after_and_headers() -> None:
+    limiter = RateLimiter()
+    replies = [limiter.admit("k", 2.0, 100.0) for _ in range(3)]
+    assert [r.allowed for r in replies] == [True, True, False]
+    assert replies[2].retry_after_s == 1 and replies[2].remaining == 0 and replies[2].limit == 2.0
+    assert limiter.admit("k", 2.0, 100.5).allowed  # half a second refills one token
+
+
+def test_quota_ledger_month_rollover_and_persistence() -> None:
+    ledger = QuotaLedger()
+    ledger.charge("o", 8, 202611)
+    assert ledger.allows("o", 10, 202611) and not ledger.allows("o", 8, 202611)
+    restored = QuotaLedger.from_bytes(ledger.to_bytes())
+    assert restored.used("o", 202611) == 8
+    assert restored.used("o", 202612) == 0 and restored.allows("o", 8, 202612)
+    restored.charge("o", 1, 202612)
+    restored.charge("o", 5, 202611)  # a late replay of the old month does not count now
+    assert restored.used("o", 202612) == 1
+    assert month_of(dt.datetime(2026, 12, 31, 23, 59, tzinfo=UTC).timestamp()) == 202612
+
+
+def _append(org: str, spans: int, quota: int | None, rows: bytes = b"x") -> Append:
+    return Append(0, org, "k", spans, quota, rows)
+
+
+def test_decide_counts_earlier_batches_of_the_same_group() -> None:
+    jobs = [SpoolJob(_append("o", 4, 5), print) for _ in range(3)]
+    admitted, refused = decide(jobs, QuotaLedger(), 202611, spool_free_bytes=10**9)
+    assert len(admitted) == 2 and [s for _, s in refused] == ["quota_exceeded"]
+    admitted, refused = decide([SpoolJob(_append("o", 1, None, b"x" * 100), print)], QuotaLedger(), 202611, 50)
+    assert not admitted and refused[0][1] == "overloaded"
+
+
+async def test_spool_stage_acks_only_after_the_spool_holds_the_batch(tmp_path: Path) -> None:
+    config = Config(data_dir=tmp_path, flush_max_rows=3)
+    replies: list[AppendReply] = []
+    signal = FlushSignal()
+    ledger = QuotaLedger()
+    with Spool.open(tmp_path / "spool") as spool:
+        send, receive = trio.open_memory_channel[SpoolJob](8)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(run_spool, config, spool, ledger, signal, receive,
+                                                  clock=lambda: 1_795_000_000.0))  # fmt: skip
+            async with send:
+                for spans in (2, 2, 2):
+                    await send.send(SpoolJob(_append("o", spans, 5), replies.append))
+        assert [r.status for r in replies] == ["ok", "ok", "ok"]  # 0, 2, 4 < 5: the third crosses
+        assert signal.input_ended and signal.wakeup.is_set()
+        records, _ = spool.read(spool.checkpointed[0], max_bytes=1 << 20)
+        assert len(records) == 3 and ledger.used("o", month_of(1_795_000_000.0)) == 6
+
+
+# --------------------------------------------------------------------------- rows and schema
+def _span(**fields) -> Span:
+    base = {"id": "s1", "name": "n", "start_time": dt.datetime(2026, 11, 20, 10, tzinfo=UTC), "input": None,
+            "output": None}
+    base.update(fields)
+    return Span(**base)
+
+
+PRICE = Priced(0.1, 0.2, None, None, 0.3, True, "gpt-4o-mini", "genai-prices")
+
+
+def test_row_has_one_value_per_column_and_truncates_on_a_character_boundary() -> None:
+    row = span_row("org", Trace(id="t", spans=[]), _span(input='"é"'.encode()), PRICE,
+                   ingested_at_ms=1, max_io_bytes=100)  # fmt: skip
+    assert len(row) == len(COLUMN_NAMES) == len(COLUMNS)
+    assert truncate_utf8("aé".encode(), 2) == (b"a", True)
+    assert truncate_utf8(b"abc", 3) == (b"abc", False)
+
+
+# --------------------------------------------------------------------------- flush into chDB
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "clickhouse"
+
+
+def _rows(n: int, trace: str = "t") -> bytes:
+    spans = [_span(id=f"s{i}", end_time=dt.datetime(2026, 11, 20, 10, 0, 1, tzinfo=UTC)) for i in range(n)]
+    return encode_rows(span_row("org", Trace(id=trace, spans=[]), s, PRICE, ingested_at_ms=1, max_io_bytes=100)
+                       for s in spans)  # fmt: skip
+
+
+async def _flush_once(config: Config, spool: Spool, store: AsyncStore, health: FlushHealth) -> None:
+    signal = FlushSignal()
+    signal.end()  # one final flush of everything, then return
+
+    async def insert(table: str, rows: bytes, token: str) -> None:
+        await store.insert_msgpack(f"foglamp.{table}", COLUMN_NAMES, rows, dedup_token=token)
+
+    await run_flush(config, spool, insert, QuotaLedger(), signal, health)
+
+
+async def test_flush_inserts_every_spooled_row_once_even_when_replayed(tmp_path: Path, store_dir: Path) -> None:
+    from pipeline.messages import SpoolRecord, encode_record
+
+    config = Config(data_dir=tmp_path, flush_interval_ms=50)
+    store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"))
+    with Spool.open(tmp_path / "spool") as spool:
+        spool.append([encode_record(SpoolRecord(1, "org", 5, 202611, _rows(5, trace=f"t{i}"))) for i in range(4)])
+        start = spool.checkpointed[0]
+        await _flush_once(config, spool, store, FlushHealth())
+        assert spool.checkpointed[0] > start and spool.pending_bytes() == 0
+    # A crash before the checkpoint: the same records inserted again (same rows, new token).
+    with Spool.open(tmp_path / "spool2") as again:
+        again.append([encode_record(SpoolRecord(1, "org", 5, 202611, _rows(5, trace=f"t{i}"))) for i in range(4)])
+        await _flush_once(config, again, store, FlushHealth())
+    await store.command(f"OPTIMIZE TABLE foglamp.{TABLE} FINAL")
+    out = await store.query(f"SELECT count() AS c, sum(total_cost) AS cost FROM foglamp.{TABLE}", "json")
+    assert json.loads(out) == {"c": 20, "cost": pytest.approx(20 * 0.3)}
+    await store.close()
+
+
+async def test_flush_retries_through_an_outage_and_deadletters_refused_blocks(tmp_path: Path, store_dir: Path) -> None:
+    from pipeline.messages import SpoolRecord, encode_record
+
+    fault = tmp_path / "fault"
+    fault.write_text("down")
+    config = Config(data_dir=tmp_path, flush_interval_ms=20, flush_retry_max_s=0.05)
+    opener = functools.partial(lambda: FaultyStore(open_store(f"chdb://{store_dir}"), fault))
+    store = AsyncStore(opener, ddl("foglamp"))
+    health = FlushHealth()
+    with Spool.open(tmp_path / "spool") as spool:
+        spool.append([encode_record(SpoolRecord(1, "org", 3, 202611, _rows(3)))])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_flush_once, config, spool, store, health)
+            while health.failures < 3:
+                await trio.sleep(0.02)
+            assert not health.store_ok and spool.pending_bytes() > 0  # retrying, nothing lost
+            fault.unlink()
+        assert health.store_ok and health.rows_flushed == 3 and spool.pending_bytes() == 0
+        fault.write_text("permanent")
+        spool.append([encode_record(SpoolRecord(1, "org", 2, 202611, _rows(2, trace="bad")))])
+        await _flush_once(config, spool, store, health)
+        assert health.deadlettered_records == 1 and spool.pending_bytes() == 0
+        assert list((tmp_path / "deadletter").glob("*.records"))
+    fault.unlink()
+    out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE}", "json")
+    assert json.loads(out) == {"c": 3}
+    await store.close()
