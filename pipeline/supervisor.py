@@ -26,6 +26,7 @@ from pathlib import Path
 
 import trio
 
+from pipeline import metrics
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.log import get_logger
@@ -102,6 +103,7 @@ async def _supervise_child(child: Child, config: Config, draining: trio.Event) -
     while True:
         assert child.process is not None
         code = await child.process.wait()
+        metrics.mark_dead(child.process.pid)
         if draining.is_set():
             return
         log.error("child_died", child=child.role, code=code, restarting_in_s=RESTART_DELAY_S)
@@ -131,6 +133,7 @@ async def _stop(child: Child, deadline_s: float, *, close_stdin: bool, sig: int 
 async def supervise(config: Config) -> int:
     lock_fd = acquire_node_lock(config.data_dir)
     sock = listen(config)
+    os.environ[metrics.MULTIPROC_ENV] = str(metrics.prepare_directory(config.data_dir))
     writer = Child("writer", ["_writer"])
     fronts = [
         Child(f"front-{i + 1}", ["_front", "--fd", str(sock.fileno())], (sock.fileno(),))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from pipeline import metrics
 from pipeline.config import Config
 from pipeline.controlplane import ControlPlane
 from pipeline.drain import DrainState, stdin_closed, watch_for_drain
@@ -70,6 +71,8 @@ async def run_front_worker(config: Config, listen_fd: int) -> None:
     try:
         async with trio.open_nursery() as signals:
             signals.start_soon(watch_for_drain, state)
+            channels = {"validate": validate_send, "price": price_send, "link": link_send}
+            signals.start_soon(metrics.sample_channels, channels)
             async with trio.open_nursery() as nursery:
                 await nursery.start(run_link, config.writer_socket, link_receive)
                 await nursery.start(run_price, config, table, price_receive, link_send)
@@ -134,6 +137,12 @@ async def run_writer(config: Config) -> None:
                 await serve_links(config.writer_socket, dispatch, task_status=task_status)
 
         await nursery.start(links)
+
+        def spool_gauges() -> None:
+            metrics.spool_pending_bytes.set(spool.pending_bytes())
+            metrics.spool_max_bytes.set(config.spool_max_bytes)
+
+        nursery.start_soon(metrics.sample_channels, {"spool": spool_send}, spool_gauges)
         print("READY", flush=True)  # the supervisor starts the fronts on this line
         log.info("writer_ready", spool_pending_bytes=spool.pending_bytes())
         await stdin_closed()  # the supervisor's order, given once every front is gone

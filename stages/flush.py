@@ -26,6 +26,7 @@ from pathlib import Path
 
 import trio
 
+from pipeline import metrics
 from pipeline.config import Config
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.log import get_logger
@@ -142,6 +143,8 @@ async def _insert_with_retry(config: Config, insert: Insert, block: Block, healt
         except RetryableError as exc:
             health.store_ok, health.last_error = False, str(exc)
             health.failures += 1
+            metrics.flush_failures.labels("retryable").inc()
+            metrics.store_up.set(0)
             delay = backoff_s(attempt, config.flush_retry_max_s)
             log.warning("flush_failed", error=str(exc), rows=block.row_count, retry_in_s=delay)
             attempt += 1
@@ -149,6 +152,7 @@ async def _insert_with_retry(config: Config, insert: Insert, block: Block, healt
             continue
         except PermanentError as exc:
             health.failures += 1
+            metrics.flush_failures.labels("permanent").inc()
             path = write_deadletter(config.data_dir / "deadletter", block)
             health.deadlettered_records += len(block.records)
             log.error("flush_rejected", error=str(exc), rows=block.row_count, deadletter=str(path))
@@ -158,6 +162,9 @@ async def _insert_with_retry(config: Config, insert: Insert, block: Block, healt
         health.rows_flushed += block.row_count
         health.flushes += 1
         health.last_flush_ms = elapsed_ms
+        metrics.flush_rows.inc(block.row_count)
+        metrics.flush_seconds.observe(elapsed_ms / 1000)
+        metrics.store_up.set(1)
         log.info("flushed", rows=block.row_count, bytes=len(block.rows), ms=round(elapsed_ms, 1))
         return
 

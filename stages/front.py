@@ -22,9 +22,11 @@ import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from pipeline import metrics
 from pipeline.config import Config
 from pipeline.controlplane import ControlPlane, parse_key_header
 from pipeline.drain import DrainState
@@ -107,6 +109,11 @@ def create_app(
 
     @app.post("/ingest")
     async def ingest() -> Response:
+        response = await handle_ingest()
+        await count_response(response)
+        return response
+
+    async def handle_ingest() -> Response:
         if state.draining:
             return json_response(503, {"error": "draining"}, {"Connection": "close"})
         headers = request.headers
@@ -156,11 +163,23 @@ def create_app(
         status, body = await readiness()
         return json_response(status, body)
 
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.exposition(), status=200, content_type=CONTENT_TYPE_LATEST)
+
     @app.get("/openapi.json")
     async def openapi() -> Response:
         return json_response(200, openapi_document())
 
     return app
+
+
+async def count_response(response: Response) -> None:
+    """Requests by status and error code; spans accepted (one update per request)."""
+    body = msgspec.json.decode(await response.get_data())
+    if response.status_code == 202:
+        metrics.spans_accepted.inc(body["accepted"])
+    metrics.requests.labels(str(response.status_code), body.get("error", "")).inc()
 
 
 def _respond(outcome: Any, limit_headers: dict[str, str]) -> Response:
@@ -169,6 +188,7 @@ def _respond(outcome: Any, limit_headers: dict[str, str]) -> Response:
     if isinstance(outcome, AppendReply):
         if outcome.status == "ok":
             return json_response(202, {"accepted": outcome.spans}, limit_headers)
+        metrics.spans_rejected.labels(outcome.status).inc(outcome.spans)
         if outcome.status == "quota_exceeded":
             return json_response(429, {"error": "quota_exceeded"}, limit_headers)
         if outcome.status == "draining":

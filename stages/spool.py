@@ -119,7 +119,7 @@ async def _commit_group(
     free = config.spool_max_bytes - spool.pending_bytes()
     admitted, refused = decide(jobs, ledger, month, free)
     for job, status in refused:
-        job.reply(AppendReply(job.append.req_id, status, retry_after_s=_retry_after(status)))
+        job.reply(AppendReply(job.append.req_id, status, spans=job.append.spans, retry_after_s=_retry_after(status)))
     if not admitted:
         return
     payloads = [
@@ -131,7 +131,7 @@ async def _commit_group(
     except (OSError, RetryableError) as exc:  # disk full, I/O error: nothing acknowledged, client retries
         log.error("spool_append_failed", error=str(exc), batches=len(admitted))
         for job in admitted:
-            job.reply(AppendReply(job.append.req_id, "overloaded", retry_after_s=5))
+            job.reply(AppendReply(job.append.req_id, "overloaded", spans=job.append.spans, retry_after_s=5))
         return
     for job in admitted:
         ledger.charge(job.append.org_id, job.append.spans, month)
