@@ -8,9 +8,10 @@ block, which the table deduplicates (insert token + ReplacingMergeTree).
 
 Error handling: a `RetryableError` (store down, timeout) is retried with capped exponential
 backoff, forever: the data is safe in the spool, and the spool cap turns a long outage into 503s
-at the front. A `PermanentError` (the store refuses the block itself) moves the block's records
-to `<data dir>/deadletter/` with an error log line, so one bad block cannot stall the node;
-an operator can inspect and replay it.
+at the front. A `PermanentError` (the store refuses the block itself) splits the block into its
+batches; a batch the store still refuses is moved to `<data dir>/deadletter/` with an error log
+line, so one bad batch can neither stall the node nor take good batches with it; an operator
+can inspect and replay it.
 
 Resource handling: the stage returns after a final flush once the spool stage has ended
 (`FlushSignal.input_ended`); the caller bounds that final flush with the drain deadline.
@@ -56,29 +57,27 @@ class FlushHealth:
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    start: Position
-    end: Position
+    token: str  # the insert deduplication token: the same spool range always gets the same one
     rows: bytes
     row_count: int
     records: list[bytes]
     charges: list[tuple[str, int, int]]  # (org, spans, month) per record, for the flushed ledger
 
-    @property
-    def token(self) -> str:
-        return f"{self.start.segment}:{self.start.offset}-{self.end.segment}:{self.end.offset}"
 
-
-def make_block(start: Position, end: Position, records: list[bytes]) -> Block:
+def make_block(token: str, records: list[bytes]) -> Block:
     """Join the rows of spool records into one insert block. Plain function."""
     decoded = [decode_record(r) for r in records]
     return Block(
-        start=start,
-        end=end,
+        token=token,
         rows=b"".join(d.rows for d in decoded),
         row_count=sum(d.spans for d in decoded),
         records=records,
         charges=[(d.org_id, d.spans, d.month) for d in decoded],
     )
+
+
+def range_token(start: Position, end: Position) -> str:
+    return f"{start.segment}:{start.offset}-{end.segment}:{end.offset}"
 
 
 def backoff_s(attempt: int, cap_s: float) -> float:
@@ -125,8 +124,8 @@ async def _flush_all(
             if end != cursor:  # the spool skipped corrupt bytes: move the checkpoint past them
                 await trio.to_thread.run_sync(spool.checkpoint, end, flushed_ledger.to_bytes())
             return end
-        block = make_block(cursor, end, records)
-        await _insert_with_retry(config, insert, block, health)
+        block = make_block(range_token(cursor, end), records)
+        await _insert_or_deadletter(config, insert, block, health)
         for org_id, spans, month in block.charges:
             flushed_ledger.charge(org_id, spans, month)
         state = flushed_ledger.to_bytes()
@@ -134,7 +133,26 @@ async def _flush_all(
         cursor = end
 
 
+async def _insert_or_deadletter(config: Config, insert: Insert, block: Block, health: FlushHealth) -> None:
+    """Insert the block; if the store refuses it, insert its batches one by one so that only the
+    refused ones go to the dead-letter directory."""
+    try:
+        await _insert_with_retry(config, insert, block, health)
+        return
+    except PermanentError as exc:
+        refused = exc
+    if len(block.records) > 1:
+        log.warning("flush_block_refused_splitting", error=str(refused), records=len(block.records))
+        for i, record in enumerate(block.records):
+            await _insert_or_deadletter(config, insert, make_block(f"{block.token}#{i}", [record]), health)
+        return
+    path = write_deadletter(config.data_dir / "deadletter", block)
+    health.deadlettered_records += 1
+    log.error("flush_rejected", error=str(refused), rows=block.row_count, deadletter=str(path))
+
+
 async def _insert_with_retry(config: Config, insert: Insert, block: Block, health: FlushHealth) -> None:
+    """Insert, retrying retryable failures forever with capped backoff; PermanentError propagates."""
     attempt = 0
     while True:
         started = time.perf_counter()
@@ -150,13 +168,10 @@ async def _insert_with_retry(config: Config, insert: Insert, block: Block, healt
             attempt += 1
             await trio.sleep(delay)
             continue
-        except PermanentError as exc:
+        except PermanentError:
             health.failures += 1
             metrics.flush_failures.labels("permanent").inc()
-            path = write_deadletter(config.data_dir / "deadletter", block)
-            health.deadlettered_records += len(block.records)
-            log.error("flush_rejected", error=str(exc), rows=block.row_count, deadletter=str(path))
-            return
+            raise
         elapsed_ms = (time.perf_counter() - started) * 1000
         health.store_ok, health.last_error = True, ""
         health.rows_flushed += block.row_count
@@ -184,7 +199,7 @@ def status_reply(req_id: int, config: Config, spool: Spool, health: FlushHealth)
 def write_deadletter(directory: Path, block: Block) -> Path:
     """Keep a refused block's spool records, length-prefixed, for the operator."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{block.token.replace(':', '_')}.records"
+    path = directory / f"{block.token.replace(':', '_').replace('#', '_')}.records"
     with open(path, "wb") as out:
         out.writelines(len(record).to_bytes(4, "big") + record for record in block.records)
     return path

@@ -64,7 +64,7 @@ class Usage(_Payload, kw_only=True):
 class Cost(_Payload, kw_only=True):
     """Caller-supplied cost in USD; overrides pricing."""
 
-    total: Annotated[float, Meta(ge=0)]
+    total: Annotated[float, Meta(ge=0, le=1e12)]  # finite: no infinity from msgpack
 
 
 class Span(_Payload, kw_only=True):

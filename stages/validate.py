@@ -41,6 +41,7 @@ import re
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import cache
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -131,6 +132,12 @@ class _Issues:
 # -- cross-field rules (both paths; on the slow path invalid values are None) -------------------
 
 
+# The range the store's DateTime64(6) column holds; outside it a timestamp would be stored wrong.
+EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2299, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+OUT_OF_RANGE = "timestamp must be between 1900-01-01 and 2299-12-31 (UTC)"
+
+
 def _check_rules(batch: Batch, issues: _Issues) -> None:
     """End ≥ start, parentId ≠ id, token sums, span ids unique per trace id.
 
@@ -145,8 +152,12 @@ def _check_rules(batch: Batch, issues: _Issues) -> None:
             pid = span.parent_id
             if pid is not None and pid == span.id:
                 issues.add(_at(ti, si, "parentId"), "parent_is_self", "parentId equals the span id")
-            end = span.end_time
-            if end is not None and span.start_time is not None and end < span.start_time:
+            start, end = span.start_time, span.end_time
+            if start is not None and not EARLIEST <= start <= LATEST:
+                issues.add(_at(ti, si, "startTime"), "invalid_timestamp", OUT_OF_RANGE)
+            if end is not None and not EARLIEST <= end <= LATEST:
+                issues.add(_at(ti, si, "endTime"), "invalid_timestamp", OUT_OF_RANGE)
+            elif end is not None and start is not None and end < start:
                 issues.add(_at(ti, si, "endTime"), "end_before_start", "endTime is before startTime")
             usage = span.usage
             if usage is None:

@@ -644,3 +644,23 @@ def test_enum_issues_list_the_allowed_values(media: str) -> None:
     result = decode_batch(encode(batch(trace(span(kind="http"))), media), media)
     assert isinstance(result, InvalidPayload)
     assert '"llm"' in result.issues[0]["message"] and '"custom"' in result.issues[0]["message"]
+
+
+# --- added with the store's limits: values the ClickHouse columns cannot hold are issues
+@pytest.mark.parametrize("field", ["startTime", "endTime"])
+@pytest.mark.parametrize("value", ["1899-12-31T23:59:59Z", "2300-01-01T00:00:00Z", "0001-01-01T00:00:00Z"])
+def test_timestamps_outside_the_store_range_are_issues(field: str, value: str) -> None:
+    span = {"id": "s", "name": "n", "startTime": "2026-01-01T00:00:00Z", field: value}
+    if field == "endTime":
+        span["startTime"] = "1900-01-01T00:00:00Z"
+    body = json.dumps({"version": "v1", "traces": [{"id": "t", "spans": [span]}]}).encode()
+    result = decode_batch(body, "json")
+    assert isinstance(result, InvalidPayload)
+    assert {"path": ["traces", 0, "spans", 0, field], "code": "invalid_timestamp"}.items() <= result.issues[0].items()
+
+
+def test_infinite_caller_cost_from_msgpack_is_an_issue() -> None:
+    span = {"id": "s", "name": "n", "startTime": "2026-01-01T00:00:00Z", "cost": {"total": float("inf")}}
+    result = decode_batch(msgpack.packb({"version": "v1", "traces": [{"id": "t", "spans": [span]}]}), "msgpack")
+    assert isinstance(result, InvalidPayload)
+    assert result.issues[0]["path"] == ["traces", 0, "spans", 0, "cost", "total"]

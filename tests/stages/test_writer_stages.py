@@ -180,3 +180,26 @@ async def test_flush_retries_through_an_outage_and_deadletters_refused_blocks(tm
     out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE}", "json")
     assert json.loads(out) == {"c": 3}
     await store.close()
+
+
+async def test_a_refused_batch_is_deadlettered_alone_and_its_block_mates_are_stored(
+    tmp_path: Path, store_dir: Path
+) -> None:
+    from pipeline.messages import SpoolRecord, encode_record
+
+    config = Config(data_dir=tmp_path, flush_interval_ms=20)
+    store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"))
+    health = FlushHealth()
+    poison = b"\x01\x02\x03"  # not rows of this table: ClickHouse refuses the block
+    with Spool.open(tmp_path / "spool") as spool:
+        spool.append([encode_record(SpoolRecord(1, "org", 2, 202611, _rows(2, trace="a"))),
+                      encode_record(SpoolRecord(1, "org", 1, 202611, poison)),
+                      encode_record(SpoolRecord(1, "org", 3, 202611, _rows(3, trace="b")))])  # fmt: skip
+        await _flush_once(config, spool, store, health)
+        assert spool.pending_bytes() == 0
+    assert health.deadlettered_records == 1 and health.rows_flushed == 5
+    out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE}", "json")
+    assert json.loads(out) == {"c": 5}
+    (deadletter,) = (tmp_path / "deadletter").glob("*.records")
+    assert poison in deadletter.read_bytes()
+    await store.close()
