@@ -1,0 +1,69 @@
+"""The store on both paths: the embedded engine always, a ClickHouse server when CLICKHOUSE_URL
+is set (`docker compose -f docker/compose.yaml up clickhouse`, then
+`CLICKHOUSE_URL=http://foglamp:foglamp@127.0.0.1:8123/foglamp python3 run.py test tests/pipeline`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import PermanentError, RetryableError
+from pipeline.store import open_store
+from stages.payload import Span, Trace
+from stages.price import Priced
+from stages.rows import encode_rows, span_row
+from stages.schema import COLUMN_NAMES, TABLE, ddl
+
+SERVER_URL = os.environ.get("CLICKHOUSE_URL", "")
+
+
+@pytest.fixture(params=["embedded", "server"])
+def store_and_db(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "server":
+        if not SERVER_URL.startswith("http"):
+            pytest.skip("CLICKHOUSE_URL (a ClickHouse server) is not set")
+        url, database = SERVER_URL, f"foglamp_test_{uuid.uuid4().hex[:8]}"
+    else:
+        url, database = f"chdb://{tmp_path / 'clickhouse'}", "foglamp"
+    store = open_store(url)
+    for statement in ddl(database):
+        store.command(statement)
+    yield store, database
+    if request.param == "server":
+        store.command(f"DROP DATABASE IF EXISTS `{database}`")
+    store.close()
+
+
+def rows(n: int) -> bytes:
+    start = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+    price = Priced(None, None, None, None, None, False, None, "unpriced")
+    trace = Trace(id="t", spans=[])
+    spans = [Span(id=f"s{i}", name="n", start_time=start, input=b'{"a":1}', output=None) for i in range(n)]
+    return encode_rows(span_row("org", trace, s, price, ingested_at_ms=1, max_io_bytes=10) for s in spans)
+
+
+def test_schema_is_idempotent_and_inserts_deduplicate(store_and_db) -> None:
+    store, database = store_and_db
+    for statement in ddl(database):  # a second start
+        store.command(statement)
+    table = f"`{database}`.`{TABLE}`"
+    store.insert_msgpack(table, COLUMN_NAMES, rows(10), dedup_token="a")
+    store.insert_msgpack(table, COLUMN_NAMES, rows(10), dedup_token="a")  # a retried insert
+    store.insert_msgpack(table, COLUMN_NAMES, rows(10), dedup_token="b")  # a replay
+    assert json.loads(store.query(f"SELECT count() AS c FROM {table} FINAL", "json")) == {"c": 10}
+    row = json.loads(store.query(f"SELECT input, priced, total_cost FROM {table} FINAL LIMIT 1", "json"))
+    assert row == {"input": '{"a":1}', "priced": False, "total_cost": None}
+    assert b"count()" in store.query(f"SELECT count() FROM {table}", "table")
+
+
+def test_errors_are_translated(store_and_db) -> None:
+    store, _ = store_and_db
+    with pytest.raises(PermanentError):
+        store.query("SELEC nonsense", "json")
+    with pytest.raises(RetryableError):
+        open_store("http://default:@127.0.0.1:1/foglamp")  # nothing listens there
