@@ -1,22 +1,17 @@
-"""The ceilings `bench/run.py` compares the node with, and the probes it watches the node through.
+"""The ceilings `bench/run.py` compares the node with, and the probes it watches the node with.
 
-    raw store insert   the node's own rows (loadgen bodies → decode_batch → priced_rows) inserted
-                       into a fresh embedded chDB store in big blocks (`ClickHouseStore.insert_msgpack`),
-                       in a child process so chDB's threads and memory are gone before the node runs
-    hypercorn bare     Hypercorn (trio worker) answering 202 to the same POST bodies, 2 processes
-                       sharing one listening socket as the node's fronts do, raw ASGI or Quart-Trio
-    TreeSampler        VmRSS / PSS / CPU time of a process and all its descendants, every 0.5 s
+    raw insert      the node's own rows (loadgen bodies → decode_batch → priced_rows) into a fresh embedded
+                    chDB store in big blocks (`ClickHouseStore.insert_msgpack`), in a child process
+    hypercorn bare  Hypercorn (trio) answering 202 to the same POSTs, `workers` processes sharing one
+                    socket as the node's fronts do, raw ASGI or Quart-Trio (`bare-server FD APP SPANS`)
+    TreeSampler     VmRSS / PSS / CPU time of a process and all its descendants, every 0.5 s
+    retry_after_seen  how many of the loadtest's retried 429/503 replies carried a Retry-After header
 
-    python -m bench.ceilings raw-insert --rows N --block-rows B     (prints one JSON object)
-    python -m bench.ceilings bare-server --fd FD --app asgi|quart    (serves until killed)
-
-Resource handling: every child is started in its own session and killed by process group in a
-`finally`; temporary stores live in `TemporaryDirectory`s.
+Resource handling: children run in their own session and are killed by process group in a `finally`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -26,14 +21,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-ORG_ID = "org_bench"
 
 
 # --------------------------------------------------------------------------- the machine
@@ -41,13 +35,8 @@ def machine_info() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown")  # fmt: skip
     mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_gib": round(mem_kb / 1024**2, 1),
-        "python": sys.version.split()[0],
-        "kernel": os.uname().release,
-    }
+    return {"nproc": os.cpu_count(), "cpu_model": cpu, "memory_gib": round(mem_kb / 1024**2, 1),
+            "python": sys.version.split()[0], "kernel": os.uname().release}  # fmt: skip
 
 
 def loadavg() -> list[float]:
@@ -68,23 +57,18 @@ def _stat(pid: int) -> tuple[int, float] | None:
 
 
 def _kb(path: str, name: str) -> int:
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(name):
-                return int(line.split()[1])
-    except OSError:
-        pass
+    with suppress(OSError, StopIteration):
+        return int(next(line for line in Path(path).read_text().splitlines() if line.startswith(name)).split()[1])
     return 0
 
 
-def _role(pid: int, root: int) -> str:
+def _role(pid: int, root: int) -> str:  # supervisor, writer, front-<pid> or other-<pid>
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return "gone"
-    if pid == root:
-        return "supervisor"
-    return next((a.decode().lstrip("_") for a in argv if a in (b"_writer", b"_front")), "other")
+        argv = []
+    return "supervisor" if pid == root else "writer" if b"_writer" in argv else \
+        f"front-{pid}" if b"_front" in argv else f"other-{pid}"  # fmt: skip
 
 
 class TreeSampler(threading.Thread):
@@ -113,8 +97,7 @@ class TreeSampler(threading.Thread):
         procs: dict[int, tuple[str, float, int]] = {}
         rss = pss = 0
         for pid in self.tree():
-            st = _stat(pid)
-            if st is None:
+            if (st := _stat(pid)) is None:
                 continue
             kb = _kb(f"/proc/{pid}/status", "VmRSS:")
             rss, pss = rss + kb, pss + _kb(f"/proc/{pid}/smaps_rollup", "Pss:")
@@ -129,8 +112,7 @@ class TreeSampler(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
-        if self.is_alive():
-            self.join(timeout=5)
+        self.join(timeout=5)
 
     def window(self, t0: float, t1: float) -> dict:
         inside = [s for s in self.samples if t0 <= s[0] <= t1] or self.samples[-1:]
@@ -139,19 +121,30 @@ class TreeSampler(threading.Thread):
         peak_rss = max(inside, key=lambda s: s[1])
         first, last = inside[0], inside[-1]
         span = max(last[0] - first[0], 1e-9)
-        cpu: dict[str, float] = {}
-        for pid, (role, seconds, _) in last[3].items():
-            if pid in first[3]:
-                name = role if role != "front" else f"front-{pid}"
-                cpu[name] = round(100 * (seconds - first[3][pid][1]) / span, 1)
-        return {
-            "samples": len(inside),
-            "peak_rss_mib": round(peak_rss[1] / 1024, 1),
-            "peak_pss_mib": round(max(s[2] for s in inside) / 1024, 1),
-            "peak_rss_by_process_mib": {(r if r != "front" else f"front-{p}"): round(kb / 1024, 1)
-                                        for p, (r, _, kb) in peak_rss[3].items()},  # fmt: skip
-            "cpu_percent": cpu,
-        }
+        cpu = {role: round(100 * (seconds - first[3][pid][1]) / span, 1)
+               for pid, (role, seconds, _) in last[3].items() if pid in first[3]}  # fmt: skip
+        by_process = {role: round(kb / 1024, 1) for role, _, kb in peak_rss[3].values()}
+        pss = round(max(s[2] for s in inside) / 1024, 1)
+        return {"samples": len(inside), "peak_rss_mib": round(peak_rss[1] / 1024, 1), "peak_pss_mib": pss,
+                "cpu_percent": cpu, "peak_rss_by_process_mib": by_process}  # fmt: skip
+
+
+@contextmanager
+def retry_after_seen() -> Iterator[dict[str, int]]:
+    """Count the loadtest's retried replies (429/503) with and without a Retry-After header."""
+    from bench import loadtest
+
+    counts, original = {"with": 0, "without": 0}, loadtest.retry_after_s
+
+    def spy(reply: Any) -> float:
+        counts["with" if "retry-after" in reply.headers else "without"] += 1
+        return original(reply)
+
+    loadtest.retry_after_s = spy
+    try:
+        yield counts
+    finally:
+        loadtest.retry_after_s = original
 
 
 # --------------------------------------------------------------------------- raw store insert
@@ -159,31 +152,24 @@ def raw_insert_child(rows_wanted: int, block_rows: int, spans_per_body: int = 10
     """In this process: build ~`rows_wanted` node rows, insert them in `block_rows` blocks."""
     from bench.loadgen import BodyPool
     from pipeline.store import open_store
-    from stages.payload import Batch
     from stages.price import PriceTable
     from stages.price_stage import priced_rows
     from stages.schema import COLUMN_NAMES, TABLE, ddl
     from stages.validate import decode_batch
 
-    pool, table = BodyPool(64, spans_per_body, "json"), PriceTable.load()
-    blocks: list[tuple[bytes, int]] = []
-    parts: list[bytes] = []
-    in_block = built = seq = 0
+    pool, table = BodyPool(min(64, rows_wanted // spans_per_body + 1), spans_per_body, "json"), PriceTable.load()
+    blocks, parts, in_block, built, seq, warm_rows = [], [], 0, 0, 0, b""
     started = time.perf_counter()
     while built < rows_wanted:
-        batch = decode_batch(pool.body(seq), "json")
-        assert isinstance(batch, Batch), batch
-        data, count = priced_rows(batch, ORG_ID, table, ingested_at_ms=int(time.time() * 1000),
-                                  max_io_bytes=256 * 1024)  # fmt: skip
+        batch, now_ms = decode_batch(pool.body(seq), "json"), int(time.time() * 1000)
+        data, count = priced_rows(batch, "org_bench", table, ingested_at_ms=now_ms, max_io_bytes=256 * 1024)  # type: ignore[arg-type]
         parts.append(data)
+        warm_rows = warm_rows or data  # the first body, inserted again untimed first
         in_block, built, seq = in_block + count, built + count, seq + 1
         if in_block >= block_rows or built >= rows_wanted:
             blocks.append((b"".join(parts), in_block))
             parts, in_block = [], 0
     build_s = time.perf_counter() - started
-    warm = decode_batch(pool.body(seq), "json")
-    assert isinstance(warm, Batch)
-    warm_rows, _ = priced_rows(warm, ORG_ID, table, ingested_at_ms=0, max_io_bytes=256 * 1024)
     with tempfile.TemporaryDirectory(prefix="bench-chdb-") as tmp:
         store = open_store(f"chdb://{Path(tmp, 'clickhouse').resolve()}")
         try:
@@ -191,50 +177,40 @@ def raw_insert_child(rows_wanted: int, block_rows: int, spans_per_body: int = 10
                 store.command(statement)
             target = f"foglamp.{TABLE}"
             store.insert_msgpack(target, COLUMN_NAMES, warm_rows, dedup_token="warm-up")
-            times = []
+            times, cpu = [], time.process_time()  # process time: chDB's own threads included
             for i, (data, _) in enumerate(blocks):
                 t = time.perf_counter()
                 store.insert_msgpack(target, COLUMN_NAMES, data, dedup_token=f"bench-{i}")
                 times.append(time.perf_counter() - t)
+            cpu = time.process_time() - cpu
             stored = int(store.query(f"SELECT count() FROM {target}", "tsv").split()[-1])
         finally:
             store.close()
     inserted = sum(n for _, n in blocks)
-    return {
-        "rows": inserted,
-        "blocks": len(blocks),
-        "block_rows": block_rows,
-        "block_mib": round(sum(len(d) for d, _ in blocks) / len(blocks) / 2**20, 1),
-        "bytes_per_row": round(sum(len(d) for d, _ in blocks) / inserted),
-        "rows_per_s": round(inserted / sum(times)),
-        "block_ms": [round(t * 1000, 1) for t in times],
-        "rows_stored": stored - spans_per_body,
-        "front_path_spans_per_s": round(built / build_s),  # decode+validate+price+encode, one core
-    }
+    size = sum(len(d) for d, _ in blocks)
+    return {"rows": inserted, "blocks": len(blocks), "block_rows": block_rows, "rows_stored": stored - spans_per_body,
+            "block_mib": round(size / len(blocks) / 2**20, 1), "bytes_per_row": round(size / inserted),
+            "rows_per_s": round(inserted / sum(times)), "block_ms": [round(t * 1000, 1) for t in times],
+            "cpu_cores": round(cpu / sum(times), 2), "cpu_us_per_row": round(cpu / inserted * 1e6, 1),
+            "front_path_spans_per_s": round(built / build_s)}  # decode+validate+price+encode, one core  # fmt: skip
 
 
 def measure_raw_insert(rows: int, block_rows: int) -> dict:
-    out = _run_child(["raw-insert", "--rows", str(rows), "--block-rows", str(block_rows)], timeout_s=300)
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def _run_child(args: list[str], timeout_s: float) -> str:
-    child = subprocess.Popen([sys.executable, "-m", "bench.ceilings", *args], cwd=REPO, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    argv = [sys.executable, "-m", "bench.ceilings", "raw-insert", str(rows), str(block_rows)]
+    child = subprocess.Popen(argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)  # fmt: skip
     try:
-        out, err = child.communicate(timeout=timeout_s)
+        out, err = child.communicate(timeout=300)
     finally:
         _kill_group(child)
     if child.returncode != 0:
-        raise RuntimeError(f"bench.ceilings {args[0]} failed ({child.returncode}):\n{err[-3000:]}")
-    return out
+        raise RuntimeError(f"bench.ceilings raw-insert failed ({child.returncode}):\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _kill_group(child: subprocess.Popen) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     child.wait()
 
 
@@ -283,7 +259,13 @@ def bare_server_child(fd: int, app_kind: str, spans: int) -> None:
     config.bind = [f"fd://{fd}"]
     config.keep_alive_timeout, config.backlog = 75.0, 2048
     config.accesslog = config.errorlog = None
-    trio.run(partial(serve, app, config))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve, app, config))
+            print("READY", flush=True)
+
+    trio.run(main)
 
 
 @contextmanager
@@ -292,26 +274,17 @@ def bare_hypercorn(app_kind: str, workers: int = 2, spans: int = 100) -> Iterato
     sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
     sock.set_inheritable(True)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    argv = [sys.executable, "-m", "bench.ceilings", "bare-server", "--fd", str(sock.fileno()),
-            "--app", app_kind, "--spans", str(spans)]  # fmt: skip
+    argv = [sys.executable, "-m", "bench.ceilings", "bare-server", str(sock.fileno()), app_kind, str(spans)]
     children: list[subprocess.Popen] = []
     try:
         for _ in range(workers):
-            children.append(subprocess.Popen(argv, cwd=REPO, pass_fds=(sock.fileno(),), start_new_session=True))
+            children.append(subprocess.Popen(argv, cwd=REPO, pass_fds=(sock.fileno(),), stdout=subprocess.PIPE,
+                                             start_new_session=True))  # fmt: skip
         sock.close()
-        deadline = time.monotonic() + 30
-        while True:
-            if any(c.poll() is not None for c in children):
+        for child in children:  # each prints READY once it serves (EOF if it died)
+            assert child.stdout is not None
+            if child.stdout.readline() != b"READY\n":
                 raise RuntimeError(f"bare hypercorn ({app_kind}) exited during start")
-            try:
-                req = urllib.request.Request(f"{url}/ingest", data=b"{}", method="POST")
-                with urllib.request.urlopen(req, timeout=1) as reply:
-                    if reply.status == 202:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         yield url
     finally:
         sock.close()
@@ -319,22 +292,8 @@ def bare_hypercorn(app_kind: str, workers: int = 2, spans: int = 100) -> Iterato
             _kill_group(child)
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="bench.ceilings")
-    sub = parser.add_subparsers(dest="command", required=True)
-    raw = sub.add_parser("raw-insert")
-    raw.add_argument("--rows", type=int, default=200_000)
-    raw.add_argument("--block-rows", type=int, default=50_000)
-    bare = sub.add_parser("bare-server")
-    bare.add_argument("--fd", type=int, required=True)
-    bare.add_argument("--app", choices=["asgi", "quart"], default="asgi")
-    bare.add_argument("--spans", type=int, default=100)
-    args = parser.parse_args(argv)
-    if args.command == "raw-insert":
-        print(json.dumps(raw_insert_child(args.rows, args.block_rows)))
+if __name__ == "__main__":  # raw-insert ROWS BLOCK_ROWS | bare-server FD asgi|quart SPANS
+    if sys.argv[1] == "raw-insert":
+        print(json.dumps(raw_insert_child(int(sys.argv[2]), int(sys.argv[3]))))
     else:
-        bare_server_child(args.fd, args.app, args.spans)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+        bare_server_child(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

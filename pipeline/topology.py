@@ -121,10 +121,14 @@ async def run_writer(config: Config) -> None:
 
     async with trio.open_nursery() as nursery:
         flush_scope = trio.CancelScope()
+        flushed_all = trio.Event()
 
         async def flush() -> None:
-            with flush_scope:
-                await run_flush(config, spool, insert, flushed_ledger, flush_signal, health)
+            try:
+                with flush_scope:
+                    await run_flush(config, spool, insert, flushed_ledger, flush_signal, health)
+            finally:
+                flushed_all.set()
 
         nursery.start_soon(flush)
         await nursery.start(
@@ -150,6 +154,8 @@ async def run_writer(config: Config) -> None:
         links_scope.cancel()
         await spool_send.aclose()
         flush_scope.deadline = trio.current_time() + config.drain_timeout_s
+        await flushed_all.wait()
+        nursery.cancel_scope.cancel()  # what runs until cancelled: the metrics sampler
     if flush_scope.cancelled_caught:
         log.warning("drain_timeout", left_in_spool_bytes=spool.pending_bytes())
     spool.close()

@@ -152,6 +152,7 @@ def test_drain_under_load_answers_503_then_exits_0_with_every_row_stored(tmp_pat
     for t in threads:
         t.join()
     assert code == 0, node.logs()
+    assert '"writer_exit": 0' in node.logs() and "child_drain_timeout" not in node.logs()
     assert accepted, "requests were accepted before the drain"
     assert draining and all(r.json() == {"error": "draining"} for r in draining)
     assert all(r.headers.get("connection") == "close" for r in draining)

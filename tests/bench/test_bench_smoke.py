@@ -1,0 +1,64 @@
+"""`python -m bench.run --tiny`: the whole benchmark, at smoke-test sizes, end to end.
+
+It starts a real node, bare Hypercorn servers and a chDB child exactly as the full run does, so a
+broken phase shows up here. Sizes are tiny, so the numbers mean nothing: only the report's shape
+is checked (every key there, every rate positive), never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
+    report, raw = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "CLICKHOUSE_URL"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--tiny", "--output", str(report), "--json", str(raw)],
+        cwd=REPO, env=env | {"FOGLAMP_NO_BOOTSTRAP": "1"}, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    r = json.loads(raw.read_text())
+
+    assert r["machine"]["nproc"] > 0 and r["machine"]["cpu_model"]
+    assert len(r["loadavg_before"]) == len(r["loadavg_after"]) == 3
+    c = r["ceilings"]
+    assert c["decode_validate"]["json_spans_per_s"] > 0 and c["decode_validate"]["msgpack_spans_per_s"] > 0
+    assert c["pricing"]["spans_per_s"] > 0
+    assert c["raw_insert"]["rows_per_s"] > 0 and c["raw_insert"]["front_path_spans_per_s"] > 0
+    assert c["raw_insert"]["rows_stored"] == c["raw_insert"]["rows"] > 0
+    for kind in ("asgi", "quart"):
+        assert c["hypercorn_bare"][kind]["requests_per_s"] > 0
+        assert c["hypercorn_bare"][kind]["statuses"].get("202", 0) > 0
+
+    n = r["node"]
+    e2e = n["e2e"]
+    assert e2e["persisted_spans_per_s"] > 0 and e2e["stored"] > 0 and e2e["spans_accepted"] > 0
+    assert {"p50", "p95", "p99", "max"} <= set(e2e["latency_ms"]) and e2e["latency_ms"]["p99"] > 0
+    assert e2e["process_tree"]["peak_rss_mib"] > 0
+    assert {"supervisor", "writer"} <= set(e2e["process_tree"]["cpu_percent"])
+    assert sum(role.startswith("front-") for role in e2e["process_tree"]["cpu_percent"]) == 2
+    assert n["sustained_requests_per_s"] > 0
+    for phase in ("at_80", "overload"):
+        p = n[phase]
+        assert p["rate_requests_per_s"] > 0 and p["connections"] > 0 and p["requests"] > 0
+        assert p["process_tree"]["peak_rss_mib"] > 0
+        assert {"with", "without"} == set(p["retry_after"]) and isinstance(p["statuses"], dict)
+    assert n["stored_total"] > 0 and n["accepted_total"] > 0
+    assert {"exit_code", "drain_s", "log_errors"} == set(n["node_stop"])
+    assert set(r["ratios"]) == {
+        "e2e_vs_raw_insert", "e2e_vs_hypercorn_bare_asgi", "e2e_vs_hypercorn_bare_quart",
+        "e2e_vs_decode_validate_1core", "e2e_vs_front_path_1core", "e2e_vs_pricing_1core",
+    }  # fmt: skip
+    assert all(v > 0 for v in r["ratios"].values())
+
+    text = report.read_text()
+    for heading in ("# Benchmarks", "## Machine", "## Command", "## Numbers", "## Ratios and targets", "## Notes"):
+        assert heading in text
+    assert "-m bench.run --tiny" in text and "e2e / raw insert" in text and "< 250 ms" in text
