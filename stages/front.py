@@ -1,15 +1,18 @@
-"""The HTTP front stage: Quart-Trio on Hypercorn, one per front worker process.
+"""The HTTP front stage: one per front worker process, on Hypercorn.
 
-`POST /ingest` runs the cheap checks itself, in the order SPEC §1 fixes (draining → auth → media
-type → size from Content-Length → rate limit), reads the body under its cap, and hands the
-batch to the validate stage as a `Job`. It then waits for the job's answer: a `Rejected` from a
-stage, the writer's `AppendReply` (202 once the batch is in the spool), or None (the writer link
-broke: 503).
+`POST /ingest`, the hot path, is a plain ASGI handler (`IngestHandler`): it runs the cheap checks
+itself, in the order SPEC §1 fixes (draining → auth → media type → size from Content-Length →
+rate limit), reads the body under its cap, and hands the batch to the validate stage as a `Job`.
+It then waits for the job's answer: a `Rejected` from a stage, the writer's `AppendReply` (202
+once the batch is in the spool), or None (the writer link broke: 503). Everything else
+(`/healthz`, `/readyz`, `/metrics`, `/openapi.json`) is a Quart-Trio app. Measured here, Quart's
+request machinery costs about as much per request as decoding and pricing a 100-span batch, so
+the one route that carries the load skips it (bench/ measures both).
 
-Resource handling: `run_front` owns the validate channel's send end and the link's send end;
-when Hypercorn has finished every request in flight it closes both, so end of input flows down
-the pipeline. The listening socket belongs to the supervisor; this worker serves it through an
-inherited file descriptor.
+Resource handling: `run_front` owns nothing but the Hypercorn server; the topology owns the
+channel ends the handler sends into and closes them once `run_front` returns (every request in
+flight answered). The listening socket belongs to the supervisor; this worker serves it through
+an inherited file descriptor.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST
-from quart import Response, request
+from quart import Response
 from quart_trio import QuartTrio
 
 from pipeline import metrics
@@ -32,21 +35,16 @@ from pipeline.controlplane import ControlPlane, parse_key_header
 from pipeline.drain import DrainState
 from pipeline.jobs import Job, Rejected
 from pipeline.link import Call, call
-from pipeline.log import get_logger
 from pipeline.messages import Admit, AdmitReply, AppendReply
 from stages.decompress import ENCODINGS
 from stages.openapi import openapi_document
 
-log = get_logger("front")
 _json = msgspec.json.Encoder()
-
 MEDIA_TYPES = {"application/json": "json", "application/msgpack": "msgpack",
                "application/x-msgpack": "msgpack", "application/vnd.msgpack": "msgpack"}  # fmt: skip
 
-
-def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(_json.encode(body), status=status, headers=headers or {},
-                    content_type="application/json")  # fmt: skip
+# An answer before it is encoded: (status, JSON body, extra headers). Plain data, easy to test.
+Answer = tuple[int, dict[str, Any], dict[str, str]]
 
 
 def media_of(content_type: str | None) -> str | None:
@@ -67,13 +65,12 @@ def encoding_of(content_encoding: str | None) -> str | None:
     return value if value in ENCODINGS else None
 
 
-def rejection_response(rejected: Rejected) -> Response:
-    headers = {"Connection": "close"} if rejected.status == 413 else {}
-    return json_response(rejected.status, rejected.body, headers)
+def overloaded(retry_after_s: int = 1) -> Answer:
+    return 503, {"error": "overloaded"}, {"Retry-After": str(max(1, retry_after_s))}
 
 
-def overloaded(retry_after_s: int = 1) -> Response:
-    return json_response(503, {"error": "overloaded"}, {"Retry-After": str(max(1, retry_after_s))})
+def too_large(limit: int) -> Answer:
+    return 413, {"error": "payload_too_large", "limit": limit}, {"Connection": "close"}
 
 
 def rate_limit_headers(admit: AdmitReply) -> dict[str, str]:
@@ -84,14 +81,102 @@ def rate_limit_headers(admit: AdmitReply) -> dict[str, str]:
     }
 
 
-async def read_capped(body: Any, limit: int) -> bytes | None:
-    """The request body, or None once it passes `limit` bytes (a chunked body is cut off there)."""
+def outcome_answer(outcome: Any, limit_headers: dict[str, str]) -> Answer:
+    """What the stages or the writer decided, as an HTTP answer."""
+    if isinstance(outcome, Rejected):
+        return outcome.status, outcome.body, {"Connection": "close"} if outcome.status == 413 else {}
+    if isinstance(outcome, AppendReply):
+        if outcome.status == "ok":
+            return 202, {"accepted": outcome.spans}, limit_headers
+        metrics.spans_rejected.labels(outcome.status).inc(outcome.spans)
+        if outcome.status == "quota_exceeded":
+            return 429, {"error": "quota_exceeded"}, limit_headers
+        if outcome.status == "draining":
+            return 503, {"error": "draining"}, {"Connection": "close"}
+        return overloaded(outcome.retry_after_s)
+    return overloaded()
+
+
+class IngestHandler:
+    """POST /ingest as a plain ASGI handler. Request handlers never write to the writer link
+    themselves: they put calls and jobs into bounded channels (see `pipeline.link`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        controlplane: ControlPlane,
+        state: DrainState,
+        validate_send: trio.MemorySendChannel[Job],
+        link_send: trio.MemorySendChannel[Call],
+    ) -> None:
+        self.config = config
+        self.controlplane = controlplane
+        self.state = state
+        self.validate_send = validate_send
+        self.link_send = link_send
+        self.enqueue_timeout_s = config.enqueue_timeout_ms / 1000
+        self.ack_timeout_s = config.ack_timeout_ms / 1000
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        status, body, headers = await self.answer(scope, receive)
+        metrics.requests.labels(str(status), body.get("error", "")).inc()
+        if status == 202:
+            metrics.spans_accepted.inc(body["accepted"])
+        raw_headers = [(b"content-type", b"application/json")]
+        raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": _json.encode(body)})
+
+    async def answer(self, scope: dict, receive: Callable) -> Answer:
+        if self.state.draining:
+            return 503, {"error": "draining"}, {"Connection": "close"}
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        raw_key = parse_key_header(headers.get("authorization"), headers.get("x-api-key"))
+        key = self.controlplane.authenticate(raw_key) if raw_key else None
+        if key is None:
+            return 401, {"error": "unauthorized"}, {"WWW-Authenticate": "Bearer"}
+        media, encoding = media_of(headers.get("content-type")), encoding_of(headers.get("content-encoding"))
+        if media is None or encoding is None:
+            return 415, {"error": "unsupported_media_type"}, {}
+        limit = self.config.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return too_large(limit)
+        rate = key.rate_limit_rps or self.config.rate_limit_rps
+        admit = await call(self.link_send, Admit(0, key.id, rate), timeout_s=self.ack_timeout_s)
+        if not isinstance(admit, AdmitReply):
+            return overloaded()
+        limit_headers = rate_limit_headers(admit)
+        if not admit.allowed:
+            return 429, {"error": "rate_limited"}, {"Retry-After": str(admit.retry_after_s), **limit_headers}
+        body = await read_capped(receive, limit)
+        if body is None:
+            return too_large(limit)
+        reply_send, reply_receive = trio.open_memory_channel[Any](1)
+        job = Job(key.org_id, key.id, key.monthly_span_quota, media, encoding, body, reply_send)
+        with reply_receive:
+            with trio.move_on_after(self.enqueue_timeout_s) as enqueue:
+                await self.validate_send.send(job)
+            if enqueue.cancelled_caught:
+                return overloaded()
+            with trio.move_on_after(self.ack_timeout_s):
+                return outcome_answer(await reply_receive.receive(), limit_headers)
+        return overloaded()
+
+
+async def read_capped(receive: Callable, limit: int) -> bytes | None:
+    """The request body, or None once it passes `limit` bytes (a chunked body is cut off there,
+    without reading the rest)."""
     chunks = bytearray()
-    async for chunk in body:
-        chunks += chunk
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: the client is gone
+            return None
+        chunks += message.get("body", b"")
         if len(chunks) > limit:
             return None
-    return bytes(chunks)
+        if not message.get("more_body", False):
+            return bytes(chunks)
 
 
 def create_app(
@@ -101,56 +186,13 @@ def create_app(
     validate_send: trio.MemorySendChannel[Job],
     link_send: trio.MemorySendChannel[Call],
     readiness: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
-) -> QuartTrio:
+) -> Callable[..., Awaitable[None]]:
+    """The worker's ASGI app: POST /ingest to `IngestHandler`, everything else to Quart."""
+    ingest = IngestHandler(config, controlplane, state, validate_send, link_send)
     app = QuartTrio("foglamp")
-    app.config["MAX_CONTENT_LENGTH"] = None  # the handler caps bodies itself, with SPEC's 413 body
-    enqueue_timeout_s = config.enqueue_timeout_ms / 1000
-    ack_timeout_s = config.ack_timeout_ms / 1000
 
-    @app.post("/ingest")
-    async def ingest() -> Response:
-        response = await handle_ingest()
-        await count_response(response)
-        return response
-
-    async def handle_ingest() -> Response:
-        if state.draining:
-            return json_response(503, {"error": "draining"}, {"Connection": "close"})
-        headers = request.headers
-        raw_key = parse_key_header(headers.get("Authorization"), headers.get("X-API-Key"))
-        key = controlplane.authenticate(raw_key) if raw_key else None
-        if key is None:
-            return json_response(401, {"error": "unauthorized"}, {"WWW-Authenticate": "Bearer"})
-        media, encoding = media_of(headers.get("Content-Type")), encoding_of(headers.get("Content-Encoding"))
-        if media is None or encoding is None:
-            return json_response(415, {"error": "unsupported_media_type"})
-        declared = request.content_length
-        if declared is not None and declared > config.max_body_bytes:
-            return json_response(413, {"error": "payload_too_large", "limit": config.max_body_bytes},
-                             {"Connection": "close"})  # fmt: skip
-        rate = key.rate_limit_rps or config.rate_limit_rps
-        admit = await call(link_send, Admit(0, key.id, rate), timeout_s=ack_timeout_s)
-        if not isinstance(admit, AdmitReply):
-            return overloaded()
-        limit_headers = rate_limit_headers(admit)
-        if not admit.allowed:
-            return json_response(429, {"error": "rate_limited"},
-                                 {"Retry-After": str(admit.retry_after_s), **limit_headers})  # fmt: skip
-        body = await read_capped(request.body, config.max_body_bytes)
-        if body is None:
-            return json_response(413, {"error": "payload_too_large", "limit": config.max_body_bytes},
-                             {"Connection": "close"})  # fmt: skip
-        reply_send, reply_receive = trio.open_memory_channel[Any](1)
-        job = Job(key.org_id, key.id, key.monthly_span_quota, media, encoding, body, reply_send)
-        with reply_receive:
-            with trio.move_on_after(enqueue_timeout_s) as enqueue:
-                await validate_send.send(job)
-            if enqueue.cancelled_caught:
-                return overloaded()
-            with trio.move_on_after(ack_timeout_s):
-                outcome = await reply_receive.receive()
-                return _respond(outcome, limit_headers)
-        return overloaded()
+    def json_response(status: int, body: Any) -> Response:
+        return Response(_json.encode(body), status=status, content_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -160,8 +202,7 @@ def create_app(
     async def readyz() -> Response:
         if state.draining:
             return json_response(503, {"status": "draining"})
-        status, body = await readiness()
-        return json_response(status, body)
+        return json_response(*await readiness())
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
@@ -171,35 +212,18 @@ def create_app(
     async def openapi() -> Response:
         return json_response(200, openapi_document())
 
-    return app
+    async def asgi(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"] == "/ingest" and scope["method"] == "POST":
+            await ingest(scope, receive, send)
+        else:
+            await app(scope, receive, send)
 
-
-async def count_response(response: Response) -> None:
-    """Requests by status and error code; spans accepted (one update per request)."""
-    body = msgspec.json.decode(await response.get_data())
-    if response.status_code == 202:
-        metrics.spans_accepted.inc(body["accepted"])
-    metrics.requests.labels(str(response.status_code), body.get("error", "")).inc()
-
-
-def _respond(outcome: Any, limit_headers: dict[str, str]) -> Response:
-    if isinstance(outcome, Rejected):
-        return rejection_response(outcome)
-    if isinstance(outcome, AppendReply):
-        if outcome.status == "ok":
-            return json_response(202, {"accepted": outcome.spans}, limit_headers)
-        metrics.spans_rejected.labels(outcome.status).inc(outcome.spans)
-        if outcome.status == "quota_exceeded":
-            return json_response(429, {"error": "quota_exceeded"}, limit_headers)
-        if outcome.status == "draining":
-            return json_response(503, {"error": "draining"}, {"Connection": "close"})
-        return overloaded(outcome.retry_after_s)
-    return overloaded()
+    return asgi
 
 
 async def run_front(
     config: Config,
-    app: QuartTrio,
+    app: Callable[..., Awaitable[None]],
     listen_fd: int,
     shutdown_trigger: Callable[[], Awaitable[None]],
     *,
@@ -214,4 +238,4 @@ async def run_front(
     hconfig.backlog = 2048
     hconfig.accesslog = None
     hconfig.errorlog = None
-    await serve(app, hconfig, shutdown_trigger=shutdown_trigger, task_status=task_status)
+    await serve(app, hconfig, shutdown_trigger=shutdown_trigger, task_status=task_status, mode="asgi")
