@@ -51,13 +51,14 @@ class Config:
     price_capacity: int = 32
     link_capacity: int = 64
     spool_capacity: int = 256
+    max_inflight_requests: int = 64  # per front worker, bodies held at once; past it: 503
     enqueue_timeout_ms: int = 200  # a full channel for longer than this is a 503 overloaded
     ack_timeout_ms: int = 10_000  # the writer must have spooled a batch by then, or 503
 
     # --- writer: flush and spool
     flush_interval_ms: int = 1000
     flush_max_rows: int = 50_000
-    flush_max_bytes: int = 64 * MiB
+    flush_max_bytes: int = 16 * MiB
     flush_retry_max_s: float = 30.0
     spool_max_bytes: int = 1024 * MiB
     spool_segment_bytes: int = 64 * MiB
@@ -161,7 +162,7 @@ def _check(config: Config) -> None:
         "port", "workers", "max_body_bytes", "max_decompressed_bytes", "max_io_bytes",
         "max_issues", "validate_capacity", "price_capacity", "link_capacity", "spool_capacity",
         "flush_interval_ms", "flush_max_rows", "flush_max_bytes", "spool_max_bytes", "spool_segment_bytes",
-        "rate_limit_rps", "drain_timeout_s", "enqueue_timeout_ms", "ack_timeout_ms",
+        "rate_limit_rps", "drain_timeout_s", "enqueue_timeout_ms", "ack_timeout_ms", "max_inflight_requests",
     ]  # fmt: skip
     for name in positive:
         if getattr(config, name) <= 0:

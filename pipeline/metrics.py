@@ -36,6 +36,8 @@ flush_rows = Counter("foglamp_flush_rows", "Rows inserted into ClickHouse")
 flush_failures = Counter("foglamp_flush_failures", "Failed insert attempts", ["kind"])
 flush_seconds = Histogram("foglamp_flush_seconds", "Insert latency per block",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))  # fmt: skip
+spool_commit_seconds = Histogram("foglamp_spool_commit_seconds", "Group commit (write + fsync) latency",
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))  # fmt: skip
 store_up = Gauge("foglamp_store_up", "1 when the last store operation succeeded", multiprocess_mode="livemax")
 
 

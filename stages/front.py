@@ -31,7 +31,7 @@ from quart_trio import QuartTrio
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.controlplane import ControlPlane, parse_key_header
+from pipeline.controlplane import ApiKey, ControlPlane, parse_key_header
 from pipeline.drain import DrainState
 from pipeline.jobs import Job, Rejected
 from pipeline.link import Call, call
@@ -116,6 +116,7 @@ class IngestHandler:
         self.link_send = link_send
         self.enqueue_timeout_s = config.enqueue_timeout_ms / 1000
         self.ack_timeout_s = config.ack_timeout_ms / 1000
+        self.in_flight = 0  # requests past admission whose body is held in this worker
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         status, body, headers = await self.answer(scope, receive)
@@ -149,6 +150,18 @@ class IngestHandler:
         limit_headers = rate_limit_headers(admit)
         if not admit.allowed:
             return 429, {"error": "rate_limited"}, {"Retry-After": str(admit.retry_after_s), **limit_headers}
+        if self.in_flight >= self.config.max_inflight_requests:
+            return overloaded()  # shed load before reading the body: memory stays bounded
+        self.in_flight += 1
+        try:
+            return await self.accept(receive, key, media, encoding, limit_headers)
+        finally:
+            self.in_flight -= 1
+
+    async def accept(self, receive: Callable, key: ApiKey, media: str, encoding: str,
+                     limit_headers: dict[str, str]) -> Answer:  # fmt: skip
+        """Read the body and follow the job through the stages to its answer."""
+        limit = self.config.max_body_bytes
         body = await read_capped(receive, limit)
         if body is None:
             return too_large(limit)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from pipeline import metrics
 from pipeline.config import Config
 from pipeline.errors import RetryableError
 from pipeline.log import get_logger
@@ -28,6 +29,7 @@ from stages.admission import QuotaLedger, month_of
 
 log = get_logger("spool")
 MAX_GROUP = 512
+SLOW_COMMIT_MS = 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,7 @@ async def _commit_group(
         encode_record(SpoolRecord(1, j.append.org_id, j.append.spans, month, j.append.rows))
         for j in admitted
     ]
+    started = time.perf_counter()
     try:
         await trio.to_thread.run_sync(spool.append, payloads)
     except (OSError, RetryableError) as exc:  # disk full, I/O error: nothing acknowledged, client retries
@@ -133,6 +136,10 @@ async def _commit_group(
         for job in admitted:
             job.reply(AppendReply(job.append.req_id, "overloaded", spans=job.append.spans, retry_after_s=5))
         return
+    commit_ms = (time.perf_counter() - started) * 1000
+    metrics.spool_commit_seconds.observe(commit_ms / 1000)
+    if commit_ms > SLOW_COMMIT_MS:
+        log.warning("slow_spool_commit", ms=round(commit_ms, 1), batches=len(admitted))
     for job in admitted:
         ledger.charge(job.append.org_id, job.append.spans, month)
         job.reply(AppendReply(job.append.req_id, "ok", spans=job.append.spans))

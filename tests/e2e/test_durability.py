@@ -3,6 +3,7 @@ outages through a fault-injecting store, drains under load, killed workers."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -209,3 +210,34 @@ def test_killed_writer_is_restarted_from_the_spool(tmp_path: Path) -> None:
     finally:
         assert node.stop() == 0
     assert total(data_dir) == accepted
+
+
+def test_a_worker_sheds_load_past_its_in_flight_cap_before_reading_the_body(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    node = Node(data_dir, workers=1, env={"INGEST_MAX_INFLIGHT_REQUESTS": "1"}).start()
+    key = setup_key(data_dir)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    body = json.dumps(spans_batch(f"t-{uuid.uuid4().hex}", 3)).encode()
+    results: dict[str, httpx.Response] = {}
+
+    def slow_body():  # holds the worker's only slot for about 1.5 s
+        for i in range(0, len(body), len(body) // 3 + 1):
+            yield body[i : i + len(body) // 3 + 1]
+            time.sleep(0.5)
+
+    def slow() -> None:
+        results["slow"] = httpx.post(f"{node.url}/ingest", content=slow_body(), headers=headers, timeout=30)
+
+    try:
+        thread = threading.Thread(target=slow)
+        thread.start()
+        time.sleep(0.5)
+        shed = node.post(spans_batch(f"t-{uuid.uuid4().hex}", 1), key=key)
+        thread.join()
+        assert shed.status_code == 503 and shed.json() == {"error": "overloaded"}
+        assert int(shed.headers["Retry-After"]) >= 1
+        assert results["slow"].status_code == 202  # the request holding the slot is unaffected
+        assert node.post(spans_batch(f"t-{uuid.uuid4().hex}", 1), key=key).status_code == 202
+    finally:
+        assert node.stop() == 0
+    assert total(data_dir) == 4
