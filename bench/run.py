@@ -131,10 +131,11 @@ def node_phases(plan: SimpleNamespace, data: Path) -> dict:
             t1, cpu1 = time.monotonic(), time.process_time()
             stored, lag = wait_stored(data, e2e["spans_accepted"])
             out["e2e"] = e2e | {"stored": stored, "flush_wait_s": lag,
-                                "persisted_spans_per_s": round(stored / e2e["duration_s"]),
+                                "persisted_spans_per_s": round(stored / (e2e["duration_s"] + lag)),
                                 "client_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
                                 "process_tree": sampler.window(t0, t1 + lag)}  # fmt: skip
-            sustained = out["sustained_requests_per_s"] = round(max(stored / e2e["duration_s"] / plan.spans, 1.0), 1)
+            persisted_per_s = stored / (e2e["duration_s"] + lag)  # until the last row is in the store
+            sustained = out["sustained_requests_per_s"] = round(max(persisted_per_s / plan.spans, 1.0), 1)
             accepted = e2e["spans_accepted"]
             for name, factor, duration in (("at_80", 0.8, plan.phase80_s), ("overload", 2.0, plan.overload_s)):
                 rate = sustained * factor
@@ -174,7 +175,7 @@ def render(r: dict) -> str:
     workers, spans = plan["workers"], plan["spans"]
     e2e, p80, over, ins, dv = n["e2e"], n["at_80"], n["overload"], c["raw_insert"], c["decode_validate"]
     rows = [
-        ("**e2e persisted spans/s** (count FINAL / load duration)", f"**{e2e['persisted_spans_per_s']:,}**",
+        ("**e2e persisted spans/s** (count FINAL / time until the last row is stored)", f"**{e2e['persisted_spans_per_s']:,}**",
          f"{e2e['stored']:,} rows stored of {e2e['spans_accepted']:,} accepted in {e2e['duration_s']} s; "
          f"all stored {e2e['flush_wait_s']} s after the load"),
         ("e2e requests/s, latency of 202s", f"{e2e['requests_per_s']}", _outcome(e2e)),

@@ -20,7 +20,7 @@ import trio
 
 from pipeline import messages
 from pipeline.errors import PermanentError
-from pipeline.frames import iter_frames, send_frame
+from pipeline.frames import frame, iter_frames
 from pipeline.log import get_logger
 
 log = get_logger("links")
@@ -67,7 +67,13 @@ async def _serve_connection(stream: trio.SocketStream, dispatch: Dispatch, capac
         async def forward_replies() -> None:
             async with receive:
                 async for message in receive:
-                    await send_frame(stream, messages.encode(message))
+                    waiting = [frame(messages.encode(message))]
+                    while True:  # everything already waiting goes out in one send
+                        try:
+                            waiting.append(frame(messages.encode(receive.receive_nowait())))
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await stream.send_all(b"".join(waiting))
 
         nursery.start_soon(forward_replies)
         try:
