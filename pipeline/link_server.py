@@ -1,7 +1,8 @@
 """The writer's end of the links: a Unix socket server speaking `pipeline.messages` frames.
 
 Each connection (one per front worker, plus short ones from `run.py query`) gets a reader, which
-decodes frames and hands each message to `dispatch` with a `reply` callback, and one forwarder
+decodes frames and hands each message (and its frame, for whoever keeps the bytes as they are)
+to `dispatch` with a `reply` callback, and one forwarder
 task, the only writer of that connection's socket, which sends the replies in order.
 
 Resource handling: `serve_links` owns the listening socket and removes a stale socket file before
@@ -26,7 +27,8 @@ from pipeline.log import get_logger
 log = get_logger("links")
 
 Reply = Callable[[messages.Message], None]
-Dispatch = Callable[[messages.Message, Reply], Awaitable[None]]
+# (the decoded message, the frame it came in, how to answer it)
+Dispatch = Callable[[messages.WriterInbound, bytearray, Reply], Awaitable[None]]
 
 
 async def serve_links(
@@ -78,7 +80,7 @@ async def _serve_connection(stream: trio.SocketStream, dispatch: Dispatch, capac
         nursery.start_soon(forward_replies)
         try:
             async for payload in iter_frames(stream):
-                await dispatch(messages.decode(payload), reply)
+                await dispatch(messages.decode_inbound(payload), payload, reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, PermanentError,
                 msgspec.MsgspecError) as exc:  # fmt: skip
             log.warning("connection_error", error=str(exc))

@@ -14,7 +14,7 @@ a reader decodes any of them with one typed decoder and a new message kind is an
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -118,23 +118,57 @@ def decode(data: bytes) -> Message:
     return _decoder.decode(data)
 
 
-class SpoolRecord(msgspec.Struct, frozen=True, array_like=True):
-    """One accepted batch in the write-ahead spool (version 1)."""
+class AppendView(_Message, tag="append"):
+    """How the writer decodes an `Append`: `rows` stays a view into the received frame (msgpack
+    `bin` header included), so a batch's rows are never copied on their way to the spool."""
 
-    version: int
+    req_id: int
+    org_id: str
+    key_id: str
+    spans: int
+    monthly_span_quota: int | None
+    rows: msgspec.Raw
+
+
+WriterInbound = Admit | AppendView | Query | Status | Usage
+_inbound_decoder = msgspec.msgpack.Decoder(WriterInbound)
+
+
+def decode_inbound(data: bytes | bytearray | memoryview) -> WriterInbound:
+    """What the writer receives on a link (Append as `AppendView`)."""
+    return _inbound_decoder.decode(data)
+
+
+# --------------------------------------------------------------------------- spool records
+# A spool record is `version (1 byte) | month YYYYMM (u32 big-endian) | the Append frame as
+# received`: the writer spools the front's bytes as they are, and the flush stage takes the rows
+# out of them as a view. Version 2; there was never a version 1 on disk outside development.
+RECORD_VERSION = 2
+_append_view_decoder = msgspec.msgpack.Decoder(AppendView)
+_BIN_HEADER = {0xC4: 2, 0xC5: 3, 0xC6: 5}  # msgpack bin8 / bin16 / bin32
+
+
+class SpoolRecord(NamedTuple):
     org_id: str
     spans: int
     month: int  # YYYYMM (UTC) the batch was accepted in: the quota ledger's month
-    rows: bytes
+    rows: memoryview  # ClickHouse MsgPack rows, a view into the record
 
 
-_record_encoder = msgspec.msgpack.Encoder()
-_record_decoder = msgspec.msgpack.Decoder(SpoolRecord)
+def spool_payload(month: int, append_frame: bytes | bytearray | memoryview) -> bytes:
+    return b"".join((bytes((RECORD_VERSION,)), month.to_bytes(4, "big"), append_frame))
 
 
-def encode_record(record: SpoolRecord) -> bytes:
-    return _record_encoder.encode(record)
+def encode_record(org_id: str, spans: int, month: int, rows: bytes) -> bytes:
+    """A spool record from its parts (tests, tools); the writer uses `spool_payload` directly."""
+    return spool_payload(month, encode(Append(0, org_id, "", spans, None, rows)))
 
 
-def decode_record(data: bytes) -> SpoolRecord:
-    return _record_decoder.decode(data)
+def decode_record(data: bytes | bytearray | memoryview) -> SpoolRecord:
+    view = memoryview(data)
+    if view[0] != RECORD_VERSION:
+        raise msgspec.DecodeError(f"unknown spool record version {view[0]}")
+    append = _append_view_decoder.decode(view[5:])
+    raw = memoryview(append.rows)
+    rows = raw[_BIN_HEADER[raw[0]] :]
+    return SpoolRecord(append.org_id, append.spans, int.from_bytes(view[1:5], "big"), rows)

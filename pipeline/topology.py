@@ -34,7 +34,17 @@ from pipeline.jobs import Job
 from pipeline.link import Call, run_link, writer_readiness
 from pipeline.link_server import Reply, serve_links
 from pipeline.log import get_logger
-from pipeline.messages import Admit, Append, Message, Query, QueryReply, Status, Usage, UsageReply, decode_record
+from pipeline.messages import (
+    Admit,
+    AppendView,
+    Query,
+    QueryReply,
+    Status,
+    Usage,
+    UsageReply,
+    WriterInbound,
+    decode_record,
+)
 from pipeline.spool import Spool
 from pipeline.store import AsyncStore, Store, open_store
 from pipeline.testing import FaultyStore
@@ -105,12 +115,12 @@ async def run_writer(config: Config) -> None:
     async def insert(table: str, rows: bytes, token: str) -> None:
         await store.insert_msgpack(f"`{database}`.`{table}`", COLUMN_NAMES, rows, dedup_token=token)
 
-    async def dispatch(message: Message, reply: Reply) -> None:
+    async def dispatch(message: WriterInbound, frame: bytearray, reply: Reply) -> None:
         if isinstance(message, Admit):
             now = time.monotonic()
             reply(limiter.admit(message.key_id, message.rate_limit_rps, now, message.req_id))
-        elif isinstance(message, Append):
-            await spool_send.send(SpoolJob(message, reply))
+        elif isinstance(message, AppendView):
+            await spool_send.send(SpoolJob(message, frame, reply))
         elif isinstance(message, Query):
             await answer_query(store, message, reply)
         elif isinstance(message, Status):

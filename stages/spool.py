@@ -23,7 +23,7 @@ from pipeline import metrics
 from pipeline.config import Config
 from pipeline.errors import RetryableError
 from pipeline.log import get_logger
-from pipeline.messages import Append, AppendReply, SpoolRecord, encode_record
+from pipeline.messages import AppendReply, AppendView, spool_payload
 from pipeline.spool import Spool
 from stages.admission import QuotaLedger, month_of
 
@@ -34,7 +34,8 @@ SLOW_COMMIT_MS = 100.0
 
 @dataclass(frozen=True, slots=True)
 class SpoolJob:
-    append: Append
+    append: AppendView
+    frame: bytearray  # the Append as received: spooled as it is
     reply: Callable[[AppendReply], None]
 
 
@@ -76,12 +77,12 @@ def decide(
         used = ledger.used(a.org_id, month) + pending.get(a.org_id, 0)
         if a.monthly_span_quota is not None and used >= a.monthly_span_quota:
             refused.append((job, "quota_exceeded"))
-        elif len(a.rows) > spool_free_bytes:
+        elif len(job.frame) > spool_free_bytes:
             refused.append((job, "overloaded"))
         else:
             admitted.append(job)
             pending[a.org_id] = pending.get(a.org_id, 0) + a.spans
-            spool_free_bytes -= len(a.rows)
+            spool_free_bytes -= len(job.frame)
     return admitted, refused
 
 
@@ -124,10 +125,7 @@ async def _commit_group(
         job.reply(AppendReply(job.append.req_id, status, spans=job.append.spans, retry_after_s=_retry_after(status)))
     if not admitted:
         return
-    payloads = [
-        encode_record(SpoolRecord(1, j.append.org_id, j.append.spans, month, j.append.rows))
-        for j in admitted
-    ]
+    payloads = [spool_payload(month, j.frame) for j in admitted]
     started = time.perf_counter()
     try:
         await trio.to_thread.run_sync(spool.append, payloads)

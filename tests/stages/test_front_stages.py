@@ -13,7 +13,7 @@ from pipeline.config import Config
 from pipeline.jobs import Job, Rejected
 from pipeline.link import Call, call, run_link
 from pipeline.link_server import serve_links
-from pipeline.messages import Admit, AdmitReply, Append, AppendReply
+from pipeline.messages import Admit, AdmitReply, Append, AppendReply, AppendView, encode
 from stages.price import PriceTable
 from stages.price_stage import run_price
 from stages.validate_stage import run_validate
@@ -53,10 +53,11 @@ async def test_validate_then_price_turn_a_body_into_an_append_call(tmp_path: Pat
 async def test_link_round_trip_and_broken_writer(tmp_path: Path) -> None:
     socket_path = tmp_path / "w.sock"
 
-    async def dispatch(message, reply) -> None:
+    async def dispatch(message, frame, reply) -> None:
         if isinstance(message, Admit):
             reply(AdmitReply(message.req_id, True, 5.0, 4, 0.2, 0))
-        elif isinstance(message, Append):
+        elif isinstance(message, AppendView):
+            assert bytes(frame) == encode(Append(message.req_id, "o", "k", message.spans, None, b"r"))
             reply(AppendReply(message.req_id, "ok", spans=message.spans))
 
     async with trio.open_nursery() as nursery:

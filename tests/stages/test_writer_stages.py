@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from pipeline.config import Config
-from pipeline.messages import Append, AppendReply
+from pipeline.messages import Append, AppendReply, decode_inbound, decode_record, encode, encode_record
 from pipeline.spool import Spool
 from pipeline.store import AsyncStore, open_store
 from pipeline.testing import FaultyStore
@@ -61,16 +61,25 @@ def test_quota_ledger_month_rollover_and_persistence() -> None:
     assert month_of(dt.datetime(2026, 12, 31, 23, 59, tzinfo=UTC).timestamp()) == 202612
 
 
-def _append(org: str, spans: int, quota: int | None, rows: bytes = b"x") -> Append:
-    return Append(0, org, "k", spans, quota, rows)
+def _job(org: str, spans: int, quota: int | None, reply=print, rows: bytes = b"x") -> SpoolJob:
+    """A SpoolJob exactly as the writer's link server makes one: decoded from the frame."""
+    frame = bytearray(encode(Append(0, org, "k", spans, quota, rows)))
+    return SpoolJob(decode_inbound(frame), frame, reply)
 
 
 def test_decide_counts_earlier_batches_of_the_same_group() -> None:
-    jobs = [SpoolJob(_append("o", 4, 5), print) for _ in range(3)]
+    jobs = [_job("o", 4, 5) for _ in range(3)]
     admitted, refused = decide(jobs, QuotaLedger(), 202611, spool_free_bytes=10**9)
     assert len(admitted) == 2 and [s for _, s in refused] == ["quota_exceeded"]
-    admitted, refused = decide([SpoolJob(_append("o", 1, None, b"x" * 100), print)], QuotaLedger(), 202611, 50)
+    admitted, refused = decide([_job("o", 1, None, rows=b"x" * 100)], QuotaLedger(), 202611, 50)
     assert not admitted and refused[0][1] == "overloaded"
+
+
+def test_spool_record_keeps_the_frame_and_gives_back_the_rows() -> None:
+    for size in (10, 1000, 100_000):  # bin8, bin16, bin32
+        rows = bytes(range(256)) * (size // 256) + b"r" * (size % 256)
+        record = decode_record(encode_record("org", 7, 202611, rows))
+        assert (record.org_id, record.spans, record.month, bytes(record.rows)) == ("org", 7, 202611, rows)
 
 
 async def test_spool_stage_acks_only_after_the_spool_holds_the_batch(tmp_path: Path) -> None:
@@ -85,7 +94,7 @@ async def test_spool_stage_acks_only_after_the_spool_holds_the_batch(tmp_path: P
                                                   clock=lambda: 1_795_000_000.0))  # fmt: skip
             async with send:
                 for spans in (2, 2, 2):
-                    await send.send(SpoolJob(_append("o", spans, 5), replies.append))
+                    await send.send(_job("o", spans, 5, replies.append))
         assert [r.status for r in replies] == ["ok", "ok", "ok"]  # 0, 2, 4 < 5: the third crosses
         assert signal.input_ended and signal.wakeup.is_set()
         records, _ = spool.read(spool.checkpointed[0], max_bytes=1 << 20)
@@ -134,18 +143,16 @@ async def _flush_once(config: Config, spool: Spool, store: AsyncStore, health: F
 
 
 async def test_flush_inserts_every_spooled_row_once_even_when_replayed(tmp_path: Path, store_dir: Path) -> None:
-    from pipeline.messages import SpoolRecord, encode_record
-
     config = Config(data_dir=tmp_path, flush_interval_ms=50)
     store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"))
     with Spool.open(tmp_path / "spool") as spool:
-        spool.append([encode_record(SpoolRecord(1, "org", 5, 202611, _rows(5, trace=f"t{i}"))) for i in range(4)])
+        spool.append([encode_record("org", 5, 202611, _rows(5, trace=f"t{i}")) for i in range(4)])
         start = spool.checkpointed[0]
         await _flush_once(config, spool, store, FlushHealth())
         assert spool.checkpointed[0] > start and spool.pending_bytes() == 0
     # A crash before the checkpoint: the same records inserted again (same rows, new token).
     with Spool.open(tmp_path / "spool2") as again:
-        again.append([encode_record(SpoolRecord(1, "org", 5, 202611, _rows(5, trace=f"t{i}"))) for i in range(4)])
+        again.append([encode_record("org", 5, 202611, _rows(5, trace=f"t{i}")) for i in range(4)])
         await _flush_once(config, again, store, FlushHealth())
     await store.command(f"OPTIMIZE TABLE foglamp.{TABLE} FINAL")
     out = await store.query(f"SELECT count() AS c, sum(total_cost) AS cost FROM foglamp.{TABLE}", "json")
@@ -154,8 +161,6 @@ async def test_flush_inserts_every_spooled_row_once_even_when_replayed(tmp_path:
 
 
 async def test_flush_retries_through_an_outage_and_deadletters_refused_blocks(tmp_path: Path, store_dir: Path) -> None:
-    from pipeline.messages import SpoolRecord, encode_record
-
     fault = tmp_path / "fault"
     fault.write_text("down")
     config = Config(data_dir=tmp_path, flush_interval_ms=20, flush_retry_max_s=0.05)
@@ -163,7 +168,7 @@ async def test_flush_retries_through_an_outage_and_deadletters_refused_blocks(tm
     store = AsyncStore(opener, ddl("foglamp"))
     health = FlushHealth()
     with Spool.open(tmp_path / "spool") as spool:
-        spool.append([encode_record(SpoolRecord(1, "org", 3, 202611, _rows(3)))])
+        spool.append([encode_record("org", 3, 202611, _rows(3))])
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_flush_once, config, spool, store, health)
             while health.failures < 3:
@@ -172,7 +177,7 @@ async def test_flush_retries_through_an_outage_and_deadletters_refused_blocks(tm
             fault.unlink()
         assert health.store_ok and health.rows_flushed == 3 and spool.pending_bytes() == 0
         fault.write_text("permanent")
-        spool.append([encode_record(SpoolRecord(1, "org", 2, 202611, _rows(2, trace="bad")))])
+        spool.append([encode_record("org", 2, 202611, _rows(2, trace="bad"))])
         await _flush_once(config, spool, store, health)
         assert health.deadlettered_records == 1 and spool.pending_bytes() == 0
         assert list((tmp_path / "deadletter").glob("*.records"))
@@ -185,16 +190,14 @@ async def test_flush_retries_through_an_outage_and_deadletters_refused_blocks(tm
 async def test_a_refused_batch_is_deadlettered_alone_and_its_block_mates_are_stored(
     tmp_path: Path, store_dir: Path
 ) -> None:
-    from pipeline.messages import SpoolRecord, encode_record
-
     config = Config(data_dir=tmp_path, flush_interval_ms=20)
     store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"))
     health = FlushHealth()
     poison = b"\x01\x02\x03"  # not rows of this table: ClickHouse refuses the block
     with Spool.open(tmp_path / "spool") as spool:
-        spool.append([encode_record(SpoolRecord(1, "org", 2, 202611, _rows(2, trace="a"))),
-                      encode_record(SpoolRecord(1, "org", 1, 202611, poison)),
-                      encode_record(SpoolRecord(1, "org", 3, 202611, _rows(3, trace="b")))])  # fmt: skip
+        spool.append([encode_record("org", 2, 202611, _rows(2, trace="a")),
+                      encode_record("org", 1, 202611, poison),
+                      encode_record("org", 3, 202611, _rows(3, trace="b"))])  # fmt: skip
         await _flush_once(config, spool, store, health)
         assert spool.pending_bytes() == 0
     assert health.deadlettered_records == 1 and health.rows_flushed == 5
