@@ -38,7 +38,7 @@ RESTART_DELAY_S = 0.5
 # glibc malloc for processes that move 100 KB+ buffers all day: few arenas, and large blocks in
 # their own mappings, so freed request bodies go back to the OS instead of fragmenting the heap.
 # (An operator's own values in the environment win.)
-MALLOC_ENV = {"MALLOC_ARENA_MAX": "2"}
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "1048576"}
 
 
 @dataclass
