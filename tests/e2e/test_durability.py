@@ -241,3 +241,24 @@ def test_a_worker_sheds_load_past_its_in_flight_cap_before_reading_the_body(tmp_
     finally:
         assert node.stop() == 0
     assert total(data_dir) == 4
+
+
+def test_drain_with_the_store_down_exits_in_time_and_keeps_the_rows_for_the_next_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    fault = tmp_path / "store-down"
+    env = {"INGEST_STORE_FAULT_FILE": str(fault), "INGEST_DRAIN_TIMEOUT_S": "2", "INGEST_DRAIN_GRACE_S": "0.2",
+           "INGEST_FLUSH_INTERVAL_MS": "100", "INGEST_FLUSH_RETRY_MAX_S": "0.2"}  # fmt: skip
+    node = Node(data_dir, env=env).start()
+    key = setup_key(data_dir)
+    fault.write_text("down")
+    accepted = post_many(node, key, batches=5, spans=4)
+    started = time.monotonic()
+    assert node.stop(timeout_s=30) == 0
+    assert time.monotonic() - started < 15  # bounded by the drain timeout, not by the outage
+    assert '"drain_timeout"' in node.logs()
+    fault.unlink()
+    restarted = Node(data_dir, env={"INGEST_FLUSH_INTERVAL_MS": "200"}).start()
+    try:
+        assert wait_for_rows(data_dir, "SELECT count() AS c FROM foglamp.spans FINAL", accepted) == accepted
+    finally:
+        assert restarted.stop() == 0
