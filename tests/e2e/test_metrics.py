@@ -32,10 +32,13 @@ def test_metrics_agree_with_the_store_across_workers(tmp_path: Path) -> None:
         assert statuses == [202] * 6 + [429] * 2  # 0,5,…,25 < 30: six accepted, then the quota
         assert node.post(b"{}", key="nope").status_code == 401
         wait_for_rows(data_dir, "SELECT count() AS c FROM foglamp.spans FINAL", 30)
-        deadline = time.monotonic() + 5
-        while scrape(node).get("foglamp_flush_rows_total", 0) < 30 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        deadline = time.monotonic() + 10
         m = scrape(node)
+        # Gauges are sampled every 0.5 s and the checkpoint follows the insert: wait for both.
+        while (m.get("foglamp_flush_rows_total", 0) < 30 or m.get("foglamp_spool_pending_bytes") != 0) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+            m = scrape(node)
         assert m['foglamp_requests_total{error="",status="202"}'] == 6
         assert m['foglamp_requests_total{error="quota_exceeded",status="429"}'] == 2
         assert m['foglamp_requests_total{error="unauthorized",status="401"}'] == 1
