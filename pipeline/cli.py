@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, load_config
-from pipeline.errors import ConfigError, FoglampError
+from pipeline.errors import FoglampError
 from pipeline.log import configure
 
 REPO = Path(__file__).resolve().parent.parent
@@ -281,5 +281,3 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "loadtest": cmd_loadtest,
     "test": cmd_test,
 }
-
-__all__ = ["ConfigError", "main"]

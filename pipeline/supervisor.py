@@ -35,6 +35,8 @@ log = get_logger("supervisor")
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 CONFIG_ENV = "FOGLAMP_CONFIG"
 RESTART_DELAY_S = 0.5
+RESTART_MAX_DELAY_S = 30.0
+STABLE_AFTER_S = 10.0  # a child that ran this long is restarted at once again
 # glibc malloc for processes that move 100 KB+ buffers all day: few arenas, and large blocks in
 # their own mappings, so freed request bodies go back to the OS instead of fragmenting the heap.
 # (An operator's own values in the environment win.)
@@ -103,15 +105,20 @@ async def _wait_ready(process: trio.Process) -> None:
 
 
 async def _supervise_child(child: Child, config: Config, draining: trio.Event) -> None:
-    """Restart `child` whenever it exits, until the node drains."""
+    """Restart `child` whenever it exits, until the node drains. A child that keeps dying right
+    after its start is restarted with a growing delay (up to RESTART_MAX_DELAY_S)."""
+    quick_deaths = 0
     while True:
         assert child.process is not None
+        started = trio.current_time()
         code = await child.process.wait()
         metrics.mark_dead(child.process.pid)
         if draining.is_set():
             return
-        log.error("child_died", child=child.role, code=code, restarting_in_s=RESTART_DELAY_S)
-        await trio.sleep(RESTART_DELAY_S)
+        quick_deaths = 0 if trio.current_time() - started > STABLE_AFTER_S else quick_deaths + 1
+        delay = min(RESTART_DELAY_S * 2 ** max(quick_deaths - 1, 0), RESTART_MAX_DELAY_S)
+        log.error("child_died", child=child.role, code=code, restarting_in_s=delay)
+        await trio.sleep(delay)
         if draining.is_set():
             return
         process = await _start(child, config)

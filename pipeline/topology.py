@@ -5,7 +5,7 @@
     HTTP front ──validate_capacity──► validate               link server (Unix socket)
       │ Admit (rate limit)              │                      │ Admit  → rate limiter (in place)
       │                                 ▼                      │ Append ──spool_capacity──► spool
-      │                     price_capacity                     │ Query  → store                 │
+      │                     price_capacity                     │ Query, Status, Usage → in place│
       │                                 ▼                      │                     FlushSignal│
       │                               price                    ▼                                ▼
       └──────────────► link_capacity ──► link ═══ frames ═══► (one connection per front)   flush ─► ClickHouse
