@@ -51,7 +51,7 @@ class Config:
     price_capacity: int = 32
     link_capacity: int = 64
     spool_capacity: int = 256
-    max_inflight_requests: int = 64  # per front worker, bodies held at once; past it: 503
+    max_inflight_requests: int = 32  # per front worker, bodies held at once; past it: 503
     enqueue_timeout_ms: int = 200  # a full channel for longer than this is a 503 overloaded
     ack_timeout_ms: int = 10_000  # the writer must have spooled a batch by then, or 503
 

@@ -22,6 +22,7 @@ import functools
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -46,8 +47,6 @@ from pipeline.messages import (
     decode_record,
 )
 from pipeline.spool import Spool
-from pipeline.store import AsyncStore, Store, open_store
-from pipeline.testing import FaultyStore
 from stages.admission import QuotaLedger, RateLimiter, month_of
 from stages.flush import FlushHealth, run_flush, status_reply
 from stages.front import create_app, run_front
@@ -56,6 +55,9 @@ from stages.price_stage import run_price
 from stages.schema import COLUMN_NAMES, ddl
 from stages.spool import FlushSignal, SpoolJob, run_spool
 from stages.validate_stage import run_validate
+
+if TYPE_CHECKING:
+    from pipeline.store import AsyncStore, Store
 
 log = get_logger("topology")
 
@@ -99,6 +101,8 @@ async def run_front_worker(config: Config, listen_fd: int) -> None:
 # =========================================================================== writer
 async def run_writer(config: Config) -> None:
     """The writer process: store owner, spool, admission state. Stops when stdin closes."""
+    # Imported here, not at the top: only the writer needs the store client (~20 MB per process).
+    from pipeline.store import AsyncStore
     store = AsyncStore(functools.partial(store_opener, config), ddl(config.clickhouse_database))
     await connect_once(store)
     spool = Spool.open(config.spool_dir, segment_max_bytes=config.spool_segment_bytes)
@@ -174,6 +178,9 @@ async def run_writer(config: Config) -> None:
 
 
 def store_opener(config: Config) -> Store:
+    from pipeline.store import open_store
+    from pipeline.testing import FaultyStore
+
     store = open_store(config.store_url)
     if config.store_fault_file:
         return FaultyStore(store, Path(config.store_fault_file))
