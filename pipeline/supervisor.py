@@ -1,9 +1,9 @@
 """The supervisor: `run.py serve`. Starts the writer, then the front workers; restarts the ones
 that die; runs the drain sequence on SIGTERM/SIGINT.
 
-Resource handling: the supervisor owns the listening socket (workers inherit its file
-descriptor and share it, so a restarted worker serves the same port) and the node lock
-(`<data dir>/node.lock`, so two nodes never own one embedded store). Each child gets a pipe as
+Resource handling: the supervisor owns the listening sockets (one per worker slot on the same
+port; a worker inherits its slot's file descriptor, so a restarted worker serves the same port)
+and the node lock (`<data dir>/node.lock`, so two nodes never own one embedded store). Each child gets a pipe as
 stdin; closing it is the child's order to drain, and a supervisor that dies closes them all.
 
 Drain sequence (SPEC §6), each step with its own deadline inside `drain_timeout_s`:
@@ -71,13 +71,25 @@ def node_running(data_dir: Path) -> bool:
         return True
 
 
-def listen(config: Config) -> socket.socket:
+def listen(config: Config) -> list[socket.socket]:
+    """One listening socket per front worker slot, all on the same port with SO_REUSEPORT: the
+    kernel spreads new connections evenly over the workers (one shared socket lets whichever
+    worker wakes first take them all). The supervisor keeps them open, so a restarted worker takes
+    over its slot's socket, and connections waiting in its queue, as they are."""
+    sockets: list[socket.socket] = []
     try:
-        sock = socket.create_server((config.host, config.port), backlog=2048)
+        # A plain bind first: SO_REUSEPORT alone would quietly share the port with another node.
+        socket.create_server((config.host, config.port)).close()
+        for _ in range(config.workers):
+            sock = socket.create_server((config.host, config.port), backlog=2048, reuse_port=True)
+            sock.set_inheritable(True)
+            sockets.append(sock)
     except OSError as exc:
+        for sock in sockets:
+            for sock in sockets:
+                sock.close()
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
-    sock.set_inheritable(True)
-    return sock
+    return sockets
 
 
 async def _start(child: Child, config: Config) -> trio.Process:
@@ -143,12 +155,12 @@ async def _stop(child: Child, deadline_s: float, *, close_stdin: bool, sig: int 
 
 async def supervise(config: Config) -> int:
     lock_fd = acquire_node_lock(config.data_dir)
-    sock = listen(config)
+    sockets = listen(config)
     os.environ[metrics.MULTIPROC_ENV] = str(metrics.prepare_directory(config.data_dir))
     writer = Child("writer", ["_writer"])
     fronts = [
         Child(f"front-{i + 1}", ["_front", "--fd", str(sock.fileno())], (sock.fileno(),))
-        for i in range(config.workers)
+        for i, sock in enumerate(sockets)
     ]
     draining = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -170,7 +182,8 @@ async def supervise(config: Config) -> int:
                     stopping.start_soon(lambda f=front: _stop(
                         f, config.drain_grace_s + config.drain_timeout_s, close_stdin=True,
                         sig=signal.SIGTERM))  # fmt: skip
-            sock.close()
+            for sock in sockets:
+                sock.close()
             # 2. writer: final flush and checkpoint.
             code = await _stop(writer, config.drain_timeout_s + 5, close_stdin=True, sig=None)
             nursery.cancel_scope.cancel()
