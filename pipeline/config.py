@@ -58,7 +58,7 @@ class Config:
     # --- writer: flush and spool
     flush_interval_ms: int = 1000
     flush_max_rows: int = 50_000
-    flush_max_bytes: int = 16 * MiB
+    flush_max_bytes: int = 32 * MiB
     flush_retry_max_s: float = 30.0
     spool_max_bytes: int = 1024 * MiB
     spool_segment_bytes: int = 64 * MiB

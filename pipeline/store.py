@@ -27,6 +27,8 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 from pipeline.errors import PermanentError, RetryableError
 
 T = TypeVar("T")
+# Rows in `FORMAT MsgPack`: one buffer, or several inserted back to back as one block (no join).
+Rows = bytes | Sequence[bytes | bytearray | memoryview]
 
 # ClickHouse error codes worth retrying: timeouts, memory, too many parts/queries, shutdown.
 _RETRYABLE_CODES = {159, 164, 202, 209, 210, 241, 242, 252, 279, 285, 319, 394, 425, 999}
@@ -39,9 +41,7 @@ class Store(Protocol):
 
     def command(self, sql: str) -> None: ...
 
-    def insert_msgpack(
-        self, table: str, columns: Sequence[str], data: bytes, *, dedup_token: str
-    ) -> None: ...
+    def insert_msgpack(self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str) -> None: ...
 
     def query(self, sql: str, fmt: str) -> bytes: ...
 
@@ -56,19 +56,18 @@ class ClickHouseStore:
         with translate_errors():
             self._client.command(sql)
 
-    def insert_msgpack(
-        self, table: str, columns: Sequence[str], data: bytes, *, dedup_token: str
-    ) -> None:
-        """Insert rows already encoded in ClickHouse's `FORMAT MsgPack`, as one block."""
+    def insert_msgpack(self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str) -> None:
+        """Insert rows already encoded in ClickHouse's `FORMAT MsgPack`, as one block. Several
+        buffers are streamed to the client one after the other, never joined in memory."""
         settings = {
             "insert_deduplication_token": dedup_token,
             # A batch spanning many months must not be refused: it was accepted already.
             "max_partitions_per_insert_block": 0,
         }
         with translate_errors():
-            self._client.raw_insert(
-                table, list(columns), insert_block=data, fmt="MsgPack", settings=settings
-            )
+            # The client takes an iterable of bytes: each buffer is copied on its own, never joined.
+            block = data if isinstance(data, bytes) else (bytes(chunk) for chunk in data)
+            self._client.raw_insert(table, list(columns), insert_block=block, fmt="MsgPack", settings=settings)
 
     def query(self, sql: str, fmt: str) -> bytes:
         """Run a read query; `fmt` is one of QUERY_FORMATS' keys (json, tsv, table)."""
@@ -150,9 +149,7 @@ class AsyncStore:
     async def command(self, sql: str) -> None:
         await self._run(lambda store: store.command(sql))
 
-    async def insert_msgpack(
-        self, table: str, columns: Sequence[str], data: bytes, *, dedup_token: str
-    ) -> None:
+    async def insert_msgpack(self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str) -> None:
         await self._run(lambda s: s.insert_msgpack(table, columns, data, dedup_token=dedup_token))
 
     async def query(self, sql: str, fmt: str) -> bytes:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import PermanentError, RetryableError
-from pipeline.store import Store
+from pipeline.store import Rows, Store
 
 
 class FaultyStore:
@@ -34,7 +34,7 @@ class FaultyStore:
         self._check()
         self._store.command(sql)
 
-    def insert_msgpack(self, table: str, columns: Sequence[str], data: bytes, *, dedup_token: str) -> None:
+    def insert_msgpack(self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str) -> None:
         self._check()
         self._store.insert_msgpack(table, columns, data, dedup_token=dedup_token)
 

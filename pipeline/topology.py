@@ -116,7 +116,7 @@ async def run_writer(config: Config) -> None:
     def clock() -> float:
         return time.time() + config.clock_offset_s
 
-    async def insert(table: str, rows: bytes, token: str) -> None:
+    async def insert(table: str, rows: list[memoryview], token: str) -> None:
         await store.insert_msgpack(f"`{database}`.`{table}`", COLUMN_NAMES, rows, dedup_token=token)
 
     async def dispatch(message: WriterInbound, frame: bytearray, reply: Reply) -> None:
