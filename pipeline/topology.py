@@ -174,6 +174,7 @@ async def run_writer(config: Config) -> None:
         log.warning("drain_timeout", left_in_spool_bytes=spool.pending_bytes())
     spool.close()
     await store.close()
+    config.writer_socket.unlink(missing_ok=True)
     log.info("writer_stopped", rows_flushed=health.rows_flushed)
 
 
