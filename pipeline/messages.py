@@ -18,8 +18,6 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-PROTOCOL_VERSION = 1
-
 
 class _Message(msgspec.Struct, frozen=True, array_like=True, tag_field="t"):
     pass

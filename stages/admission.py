@@ -22,49 +22,61 @@ from pipeline.messages import AdmitReply
 
 @dataclass(slots=True)
 class TokenBucket:
-    """Rate R tokens/s, burst R: over any window of T seconds at most R·T + R admissions."""
+    """Rate R tokens/s, burst R (at least one request, so a limit below 1/s still admits): over
+    any window of T seconds at most R·T + max(R, 1) admissions."""
 
     rate: float
     tokens: float
     updated: float
 
+    @property
+    def capacity(self) -> float:
+        return max(self.rate, 1.0)
+
     def take(self, now: float) -> bool:
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
         return False
 
+    def full_at(self, now: float) -> bool:
+        return self.tokens + (now - self.updated) * self.rate >= self.capacity
+
 
 @dataclass(slots=True)
 class RateLimiter:
-    """One token bucket per API key; a bucket full for a while is forgotten (memory stays bounded)."""
+    """One token bucket per API key. A bucket that has refilled completely holds no information
+    (a new one would be the same), so such buckets are dropped now and then: memory stays bounded
+    by the keys active recently, not by every key ever seen."""
 
-    idle_forget_s: float = 300.0
+    sweep_every: int = 4096
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    _calls: int = 0
 
     def admit(self, key_id: str, rate: float, now: float, req_id: int = 0) -> AdmitReply:
+        self._calls += 1
+        if self._calls % self.sweep_every == 0:
+            self.forget_full(now)
         bucket = self.buckets.get(key_id)
         if bucket is None:
-            bucket = self.buckets[key_id] = TokenBucket(rate=rate, tokens=rate, updated=now)
+            bucket = self.buckets[key_id] = TokenBucket(rate=rate, tokens=max(rate, 1.0), updated=now)
         elif bucket.rate != rate:  # the key's limit was changed by the operator
             bucket.rate = rate
-            bucket.tokens = min(bucket.tokens, rate)
+            bucket.tokens = min(bucket.tokens, bucket.capacity)
         allowed = bucket.take(now)
-        missing = bucket.rate - bucket.tokens
         return AdmitReply(
             req_id=req_id,
             allowed=allowed,
             limit=rate,
             remaining=int(bucket.tokens),
-            reset_s=missing / rate,
+            reset_s=(bucket.capacity - bucket.tokens) / rate,
             retry_after_s=0 if allowed else max(1, math.ceil((1.0 - bucket.tokens) / rate)),
         )
 
-    def forget_idle(self, now: float) -> None:
-        stale = [k for k, b in self.buckets.items() if now - b.updated > self.idle_forget_s]
-        for key_id in stale:
+    def forget_full(self, now: float) -> None:
+        for key_id in [k for k, b in self.buckets.items() if b.full_at(now)]:
             del self.buckets[key_id]
 
 

@@ -50,9 +50,7 @@ class FlushHealth:
     store_ok: bool = True
     last_error: str = ""
     rows_flushed: int = 0
-    flushes: int = 0
     failures: int = 0
-    last_flush_ms: float = 0.0
     deadlettered_records: int = 0
 
 
@@ -176,8 +174,6 @@ async def _insert_with_retry(config: Config, insert: Insert, block: Block, healt
         elapsed_ms = (time.perf_counter() - started) * 1000
         health.store_ok, health.last_error = True, ""
         health.rows_flushed += block.row_count
-        health.flushes += 1
-        health.last_flush_ms = elapsed_ms
         metrics.flush_rows.inc(block.row_count)
         metrics.flush_seconds.observe(elapsed_ms / 1000)
         metrics.store_up.set(1)

@@ -206,3 +206,13 @@ async def test_a_refused_batch_is_deadlettered_alone_and_its_block_mates_are_sto
     (deadletter,) = (tmp_path / "deadletter").glob("*.records")
     assert poison in deadletter.read_bytes()
     await store.close()
+
+
+def test_a_limit_below_one_per_second_still_admits_and_full_buckets_are_forgotten() -> None:
+    limiter = RateLimiter(sweep_every=4)
+    assert limiter.admit("slow", 0.5, 0.0).allowed  # a burst of at least one request
+    assert not limiter.admit("slow", 0.5, 1.0).allowed
+    assert limiter.admit("slow", 0.5, 2.0).allowed  # one token per 2 s
+    assert "slow" in limiter.buckets
+    limiter.admit("other", 10.0, 100.0)  # the fourth call sweeps: "slow" has long refilled
+    assert "slow" not in limiter.buckets and "other" in limiter.buckets
