@@ -23,7 +23,7 @@ from pipeline import metrics
 from pipeline.config import Config
 from pipeline.errors import RetryableError
 from pipeline.log import get_logger
-from pipeline.messages import AppendReply, AppendView, spool_payload
+from pipeline.messages import AppendReply, AppendStatus, AppendView, spool_payload
 from pipeline.spool import Spool
 from stages.admission import QuotaLedger, month_of
 
@@ -122,7 +122,7 @@ async def _commit_group(
     free = config.spool_max_bytes - spool.pending_bytes()
     admitted, refused = decide(jobs, ledger, month, free)
     for job, status in refused:
-        job.reply(AppendReply(job.append.req_id, status, spans=job.append.spans, retry_after_s=_retry_after(status)))
+        _answer(job, status, retry_after_s=1 if status == "overloaded" else 0)
     if not admitted:
         return
     payloads = [spool_payload(month, j.frame) for j in admitted]
@@ -132,7 +132,7 @@ async def _commit_group(
     except (OSError, RetryableError) as exc:  # disk full, I/O error: nothing acknowledged, client retries
         log.error("spool_append_failed", error=str(exc), batches=len(admitted))
         for job in admitted:
-            job.reply(AppendReply(job.append.req_id, "overloaded", spans=job.append.spans, retry_after_s=5))
+            _answer(job, "overloaded", retry_after_s=5)
         return
     commit_ms = (time.perf_counter() - started) * 1000
     metrics.spool_commit_seconds.observe(commit_ms / 1000)
@@ -140,9 +140,9 @@ async def _commit_group(
         log.warning("slow_spool_commit", ms=round(commit_ms, 1), batches=len(admitted))
     for job in admitted:
         ledger.charge(job.append.org_id, job.append.spans, month)
-        job.reply(AppendReply(job.append.req_id, "ok", spans=job.append.spans))
+        _answer(job, "ok")
     flush.add(sum(j.append.spans for j in admitted), config.flush_max_rows)
 
 
-def _retry_after(status: str) -> int:
-    return 1 if status == "overloaded" else 0
+def _answer(job: SpoolJob, status: AppendStatus, retry_after_s: int = 0) -> None:
+    job.reply(AppendReply(job.append.req_id, status, spans=job.append.spans, retry_after_s=retry_after_s))
