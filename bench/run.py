@@ -68,15 +68,30 @@ def cli(data_dir: Path, *args: str) -> str:
     return done.stdout
 
 
+def stored_count(data_dir: Path, *, final: bool) -> int:
+    """The spans table's row count, asked in this process (through the running node's writer).
+    Without FINAL it is read from part metadata (cheap enough to poll); FINAL counts each span
+    once."""
+    from pipeline.config import load_config
+    from pipeline.query import run_query
+
+    config = load_config(child_env(), overrides={"data_dir": data_dir})
+    sql = "SELECT count() AS c FROM foglamp.spans" + (" FINAL" if final else "")
+    return int(json.loads(run_query(config, sql, "json").strip().splitlines()[-1])["c"])
+
+
 def wait_stored(data_dir: Path, expected: int, timeout_s: float = 90.0) -> tuple[int, float]:
-    """Poll the stored span count until it reaches `expected`: (count, seconds waited)."""
+    """Poll the stored row count until it reaches `expected`, then count the distinct spans
+    (FINAL): (distinct count, seconds waited). Polling is cheap and in-process, so the wait does
+    not take CPU from the node it waits for."""
     started = time.monotonic()
     while True:
-        out = cli(data_dir, "query", "SELECT count() AS c FROM foglamp.spans FINAL", "--format", "json")
-        count, waited = int(json.loads(out.strip().splitlines()[-1])["c"]), time.monotonic() - started
-        if count >= expected or waited > timeout_s:
-            return count, round(waited, 2)
-        time.sleep(0.25)
+        waited = time.monotonic() - started
+        if stored_count(data_dir, final=False) >= expected or waited > timeout_s:
+            count = stored_count(data_dir, final=True)
+            if count >= expected or waited > timeout_s:
+                return count, round(waited, 2)
+        time.sleep(0.1)
 
 
 def load(url: str, key: str, duration_s: float, concurrency: int, spans: int, rate: float | None = None) -> dict:

@@ -30,6 +30,9 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 4000
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Front workers run this much nicer than the writer (0-19): when the CPU is short, the writer,
+    # which stores what was accepted, gets it first, and the fronts accept only what can be stored.
+    front_nice: int = 5
     data_dir: Path = Path("data")
 
     # --- store
@@ -167,6 +170,8 @@ def _check(config: Config) -> None:
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(config, name)!r}")
+    if not 0 <= config.front_nice <= 19:
+        raise ConfigError(f"INGEST_FRONT_NICE must be in 0..19, got {config.front_nice!r}")
     if config.drain_grace_s < 0:
         raise ConfigError(f"INGEST_DRAIN_GRACE_S must be >= 0, got {config.drain_grace_s!r}")
     if config.clickhouse_url and not config.clickhouse_url.startswith(

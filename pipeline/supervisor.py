@@ -102,8 +102,19 @@ async def _start(child: Child, config: Config) -> trio.Process:
         pass_fds=child.pass_fds,
         env=env,
     )
+    if child.role != "writer" and config.front_nice:
+        _renice(child.process.pid, config.front_nice)
     log.info("started", child=child.role, child_pid=child.process.pid)
     return child.process
+
+
+def _renice(pid: int, increment: int) -> None:
+    """Make `pid` `increment` nicer than this process (INGEST_FRONT_NICE). Best effort: a
+    process that is gone already or a system that refuses is logged, never fatal."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, min(os.getpriority(os.PRIO_PROCESS, 0) + increment, 19))
+    except OSError as exc:
+        log.warning("renice_failed", child_pid=pid, error=str(exc))
 
 
 async def _wait_ready(process: trio.Process) -> None:

@@ -4,6 +4,7 @@ outages through a fault-injecting store, drains under load, killed workers."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -160,15 +161,25 @@ def test_drain_under_load_answers_503_then_exits_0_with_every_row_stored(tmp_pat
     assert total(data_dir) == sum(accepted)  # node stopped: read the store directly
 
 
+def nice_of(pid: int | str) -> int:
+    return os.getpriority(os.PRIO_PROCESS, int(pid))
+
+
 def test_killed_worker_is_restarted_and_the_node_keeps_serving(tmp_path: Path) -> None:
+    """Also: fronts, the restarted one included, run INGEST_FRONT_NICE nicer than the writer."""
     data_dir = tmp_path / "data"
-    node = Node(data_dir).start()
+    node = Node(data_dir, env={"INGEST_FRONT_NICE": "7"}).start()
     key = setup_key(data_dir)
     try:
         assert node.process is not None
         children = subprocess.run(["pgrep", "-P", str(node.process.pid), "-f", "_front"],
                                   capture_output=True, text=True).stdout.split()  # fmt: skip
-        assert len(children) == 2
+        writer = subprocess.run(["pgrep", "-P", str(node.process.pid), "-f", "_writer"],
+                                capture_output=True, text=True).stdout.split()  # fmt: skip
+        assert len(children) == 2 and len(writer) == 1
+        base = nice_of(node.process.pid)
+        assert nice_of(writer[0]) == base
+        assert [nice_of(pid) for pid in children] == [min(base + 7, 19)] * 2
         subprocess.run(["kill", "-9", children[0]], check=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -178,6 +189,7 @@ def test_killed_worker_is_restarted_and_the_node_keeps_serving(tmp_path: Path) -
                 break
             time.sleep(0.2)
         assert len(now) == 2 and children[0] not in now
+        assert [nice_of(pid) for pid in now] == [min(base + 7, 19)] * 2
         assert post_many(node, key, batches=10, spans=2) == 20
         assert '"child_died"' in node.logs()
     finally:
