@@ -30,9 +30,10 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 4000
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # Front workers run this much nicer than the writer (0-19): when the CPU is short, the writer,
-    # which stores what was accepted, gets it first, and the fronts accept only what can be stored.
-    front_nice: int = 5
+    # CPU priorities (0-19, see pipeline/priority.py): fronts relative to the supervisor, the
+    # embedded store's merge threads relative to the writer.
+    front_nice: int = 0
+    merge_nice: int = 10
     data_dir: Path = Path("data")
 
     # --- store
@@ -170,8 +171,9 @@ def _check(config: Config) -> None:
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(config, name)!r}")
-    if not 0 <= config.front_nice <= 19:
-        raise ConfigError(f"INGEST_FRONT_NICE must be in 0..19, got {config.front_nice!r}")
+    for name in ("front_nice", "merge_nice"):
+        if not 0 <= getattr(config, name) <= 19:
+            raise ConfigError(f"{env_name(name)} must be in 0..19, got {getattr(config, name)!r}")
     if config.drain_grace_s < 0:
         raise ConfigError(f"INGEST_DRAIN_GRACE_S must be >= 0, got {config.drain_grace_s!r}")
     if config.clickhouse_url and not config.clickhouse_url.startswith(

@@ -30,6 +30,7 @@ from pipeline import metrics
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.log import get_logger
+from pipeline.priority import renice_process
 
 log = get_logger("supervisor")
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
@@ -103,18 +104,9 @@ async def _start(child: Child, config: Config) -> trio.Process:
         env=env,
     )
     if child.role != "writer" and config.front_nice:
-        _renice(child.process.pid, config.front_nice)
+        renice_process(child.process.pid, config.front_nice)
     log.info("started", child=child.role, child_pid=child.process.pid)
     return child.process
-
-
-def _renice(pid: int, increment: int) -> None:
-    """Make `pid` `increment` nicer than this process (INGEST_FRONT_NICE). Best effort: a
-    process that is gone already or a system that refuses is logged, never fatal."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, min(os.getpriority(os.PRIO_PROCESS, 0) + increment, 19))
-    except OSError as exc:
-        log.warning("renice_failed", child_pid=pid, error=str(exc))
 
 
 async def _wait_ready(process: trio.Process) -> None:

@@ -46,6 +46,7 @@ from pipeline.messages import (
     WriterInbound,
     decode_record,
 )
+from pipeline.priority import keep_merges_nice
 from pipeline.spool import Spool
 from stages.admission import QuotaLedger, RateLimiter, month_of
 from stages.flush import FlushHealth, run_flush, status_reply
@@ -161,6 +162,8 @@ async def run_writer(config: Config) -> None:
             metrics.spool_max_bytes.set(config.spool_max_bytes)
 
         nursery.start_soon(metrics.sample_channels, {"spool": spool_send}, spool_gauges)
+        if config.merge_nice and config.store_url.startswith("chdb://"):  # embedded: merges run here
+            nursery.start_soon(keep_merges_nice, config.merge_nice)
         print("READY", flush=True)  # the supervisor starts the fronts on this line
         log.info("writer_ready", spool_pending_bytes=spool.pending_bytes())
         await stdin_closed()  # the supervisor's order, given once every front is gone
@@ -169,7 +172,7 @@ async def run_writer(config: Config) -> None:
         await spool_send.aclose()
         flush_scope.deadline = trio.current_time() + config.drain_timeout_s
         await flushed_all.wait()
-        nursery.cancel_scope.cancel()  # what runs until cancelled: the metrics sampler
+        nursery.cancel_scope.cancel()  # what runs until cancelled: the metrics sampler, renicing
     if flush_scope.cancelled_caught:
         log.warning("drain_timeout", left_in_spool_bytes=spool.pending_bytes())
     spool.close()

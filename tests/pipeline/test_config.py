@@ -24,6 +24,7 @@ def test_environment_then_overrides() -> None:
         ({"INGEST_FRONT_NICE": "20"}, "INGEST_FRONT_NICE must be in 0..19, got 20"),
         ({"INGEST_FRONT_NICE": "-1"}, "INGEST_FRONT_NICE must be in 0..19, got -1"),
         ({"INGEST_FRONT_NICE": "five"}, "INGEST_FRONT_NICE='five' is not a valid int"),
+        ({"INGEST_MERGE_NICE": "20"}, "INGEST_MERGE_NICE must be in 0..19, got 20"),
         ({"INGEST_FLUSH_MAX_BYTES": "0"}, "INGEST_FLUSH_MAX_BYTES must be > 0, got 0"),
         ({"CLICKHOUSE_URL": "tcp://x"}, "CLICKHOUSE_URL must start with http://, https:// or chdb://"),
     ],
@@ -33,5 +34,7 @@ def test_bad_values_are_refused_with_the_variable_named(environ: dict[str, str],
         load_config(environ)
 
 
-def test_nice_zero_is_allowed() -> None:
-    assert load_config({"INGEST_FRONT_NICE": "0"}).front_nice == 0
+def test_priorities_default_to_nicer_merges_only() -> None:
+    config = load_config({})
+    assert (config.front_nice, config.merge_nice) == (0, 10)
+    assert load_config({"INGEST_MERGE_NICE": "0"}).merge_nice == 0
