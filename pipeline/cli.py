@@ -73,13 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("--date", type=dt.date.fromisoformat, help="YYYY-MM-DD (default today)")
 
     loadtest = sub.add_parser("loadtest", parents=[common], help="load a node on this machine")
-    from bench.loadtest import add_arguments
+    from bench.loadtest_args import add_arguments
 
     add_arguments(loadtest)
 
     test = sub.add_parser("test", help="lint, then the whole test suite; extra args go to pytest")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
 
+    sub.add_parser("_preflight", help=argparse.SUPPRESS)
     writer = sub.add_parser("_writer", help=argparse.SUPPRESS)
     writer.set_defaults(internal=True)
     front = sub.add_parser("_front", help=argparse.SUPPRESS)
@@ -108,13 +109,23 @@ def config_of(args: argparse.Namespace) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
-    from pipeline.supervisor import supervise
-    from pipeline.topology import preflight
+    from pipeline.supervisor import run_preflight, supervise
 
     config = config_of(args)
     configure("supervisor", config.log_level)
-    preflight(config)
+    code = run_preflight(config)  # in a child: the supervisor never imports the stages
+    if code != 0:
+        return code
     return trio.run(supervise, config)
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from pipeline.topology import preflight
+
+    config = _child_config()
+    configure("preflight", config.log_level)
+    preflight(config)
+    return 0
 
 
 def _child_config() -> Config:
@@ -266,6 +277,7 @@ def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
+    "_preflight": cmd_preflight,
     "_writer": cmd_writer,
     "_front": cmd_front,
     "orgs.create": cmd_orgs_create,

@@ -28,6 +28,7 @@ from bench import loadtest
 from bench.httpclient import Connection, TransportError, request_head
 from bench.loadgen import MODELS, BodyPool
 from bench.loadtest import parse_target, run_load
+from bench.loadtest_args import add_arguments
 from pipeline.config import Config
 
 DROP = "drop"
@@ -439,7 +440,7 @@ def test_loopback_urls() -> None:
 # ------------------------------------------------------------------------------- run.py loadtest
 def cli(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    loadtest.add_arguments(parser)
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 
