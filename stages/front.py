@@ -116,7 +116,7 @@ class IngestHandler:
         self.link_send = link_send
         self.enqueue_timeout_s = config.enqueue_timeout_ms / 1000
         self.ack_timeout_s = config.ack_timeout_ms / 1000
-        self.in_flight = 0  # requests past admission whose body is held in this worker
+        self.in_flight = 0  # requests past the header checks, waiting for admission or holding a body
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         status, body, headers = await self.answer(scope, receive)
@@ -143,17 +143,19 @@ class IngestHandler:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return too_large(limit)
-        rate = key.rate_limit_rps or self.config.rate_limit_rps
-        admit = await call(self.link_send, Admit(0, key.id, rate), timeout_s=self.ack_timeout_s)
-        if not isinstance(admit, AdmitReply):
-            return overloaded()
-        limit_headers = rate_limit_headers(admit)
-        if not admit.allowed:
-            return 429, {"error": "rate_limited"}, {"Retry-After": str(admit.retry_after_s), **limit_headers}
+        # Shed load before asking the writer or reading the body: while a request waits, the
+        # server buffers its body, so the in-flight cap is what bounds a worker's memory.
         if self.in_flight >= self.config.max_inflight_requests:
-            return overloaded()  # shed load before reading the body: memory stays bounded
+            return overloaded()
         self.in_flight += 1
         try:
+            rate = key.rate_limit_rps or self.config.rate_limit_rps
+            admit = await call(self.link_send, Admit(0, key.id, rate), timeout_s=self.ack_timeout_s)
+            if not isinstance(admit, AdmitReply):
+                return overloaded()
+            limit_headers = rate_limit_headers(admit)
+            if not admit.allowed:
+                return 429, {"error": "rate_limited"}, {"Retry-After": str(admit.retry_after_s), **limit_headers}
             return await self.accept(receive, key, media, encoding, limit_headers)
         finally:
             self.in_flight -= 1
