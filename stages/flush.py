@@ -114,22 +114,31 @@ async def _flush_all(
     health: FlushHealth,
     cursor: Position,
 ) -> Position:
-    """Flush everything durable in the spool after `cursor`; return the new cursor."""
+    """Flush everything durable in the spool after `cursor`; return the new cursor.
+
+    When a whole next block is already waiting (the spool is backed up), it is read while the
+    current one is inserted, so the store never waits for the spool; two blocks are held then
+    (2 × `flush_max_bytes`). Otherwise the next read waits for the insert, so that it takes
+    everything that arrived meanwhile: blocks stay large, parts few."""
+    read = functools.partial(spool.read, max_bytes=config.flush_max_bytes)
+    records, end = await trio.to_thread.run_sync(read, cursor)
     while True:
-        records, end = await trio.to_thread.run_sync(
-            functools.partial(spool.read, cursor, max_bytes=config.flush_max_bytes)
-        )
         if not records:
             if end != cursor:  # the spool skipped corrupt bytes: move the checkpoint past them
                 await trio.to_thread.run_sync(spool.checkpoint, end, flushed_ledger.to_bytes())
             return end
         block = make_block(range_token(cursor, end), records)
-        await _insert_or_deadletter(config, insert, block, health)
+        backed_up = spool.pending_bytes() - sum(map(len, records)) >= config.flush_max_bytes
+        ahead = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_insert_or_deadletter, config, insert, block, health)
+            if backed_up:
+                ahead = await trio.to_thread.run_sync(read, end)
         for org_id, spans, month in block.charges:
             flushed_ledger.charge(org_id, spans, month)
-        state = flushed_ledger.to_bytes()
-        await trio.to_thread.run_sync(spool.checkpoint, end, state)
+        await trio.to_thread.run_sync(spool.checkpoint, end, flushed_ledger.to_bytes())
         cursor = end
+        records, end = ahead if ahead is not None else await trio.to_thread.run_sync(read, cursor)
 
 
 async def _insert_or_deadletter(config: Config, insert: Insert, block: Block, health: FlushHealth) -> None:
