@@ -89,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv or ["serve"])
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv or ["serve"])
+    if args.command == "test":  # `run.py test -q -x tests/e2e`: everything goes to pytest
+        args.pytest_args = [*extra, *args.pytest_args]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = HANDLERS[args.command if args.command in HANDLERS else f"{args.command}.{args.action}"]
     try:
         return handler(args)
