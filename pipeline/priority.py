@@ -45,7 +45,11 @@ def renice_threads(prefixes: tuple[str, ...], increment: int, done: set[int]) ->
     than the process; threads in `done` are skipped and new ones added. Returns how many changed."""
     target = _nicer(os.getpriority(os.PRIO_PROCESS, os.getpid()), increment)
     changed = 0
-    for task in Path("/proc/self/task").iterdir():
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:  # no /proc (not Linux): threads cannot be told apart, nothing to do
+        return 0
+    for task in tasks:
         tid = int(task.name)
         if tid in done:
             continue
