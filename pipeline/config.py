@@ -65,6 +65,10 @@ class Config:
     flush_max_bytes: int = 32 * MiB
     flush_retry_max_s: float = 30.0
     spool_max_bytes: int = 1024 * MiB
+    # Backpressure before the cap: while more than this waits to be flushed (about 3 flush blocks),
+    # admissions wait up to admit_max_wait_ms for the flush to catch up.
+    spool_high_water_bytes: int = 96 * MiB
+    admit_max_wait_ms: int = 1000
     spool_segment_bytes: int = 64 * MiB
 
     # --- lifecycle (SPEC §6)
@@ -167,6 +171,7 @@ def _check(config: Config) -> None:
         "max_issues", "validate_capacity", "price_capacity", "link_capacity", "spool_capacity",
         "flush_interval_ms", "flush_max_rows", "flush_max_bytes", "spool_max_bytes", "spool_segment_bytes",
         "rate_limit_rps", "drain_timeout_s", "enqueue_timeout_ms", "ack_timeout_ms", "max_inflight_requests",
+        "spool_high_water_bytes", "admit_max_wait_ms",
     ]  # fmt: skip
     for name in positive:
         if getattr(config, name) <= 0:

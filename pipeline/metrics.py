@@ -25,6 +25,8 @@ from prometheus_client import multiprocess as _multiprocess
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 requests = Counter("foglamp_requests", "POST /ingest requests by status and error", ["status", "error"])
+admissions_delayed = Counter("foglamp_admissions_delayed",
+                             "Admissions held back while the spool was past its high-water mark")
 spans_accepted = Counter("foglamp_spans_accepted", "Spans accepted (202) into the spool")
 spans_rejected = Counter("foglamp_spans_rejected", "Spans of validated batches refused", ["reason"])
 channel_items = Gauge("foglamp_channel_items", "Batches waiting in a stage's input channel", ["stage"],

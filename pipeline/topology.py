@@ -120,10 +120,22 @@ async def run_writer(config: Config) -> None:
     async def insert(table: str, rows: list[memoryview], token: str) -> None:
         await store.insert_msgpack(f"`{database}`.`{table}`", COLUMN_NAMES, rows, dedup_token=token)
 
+    async def admit_when_flushed(message: Admit, reply: Reply) -> None:
+        """Backpressure: past the spool's high-water mark an admission waits (at most
+        `admit_max_wait_ms`) for the flush to catch up, so the fronts do not accept faster than
+        the store takes rows; meanwhile the request's body is not even read."""
+        with trio.move_on_after(config.admit_max_wait_ms / 1000):
+            while spool.pending_bytes() >= config.spool_high_water_bytes:
+                await trio.sleep(0.05)
+        reply(limiter.admit(message.key_id, message.rate_limit_rps, time.monotonic(), message.req_id))
+
     async def dispatch(message: WriterInbound, frame: bytearray, reply: Reply) -> None:
         if isinstance(message, Admit):
-            now = time.monotonic()
-            reply(limiter.admit(message.key_id, message.rate_limit_rps, now, message.req_id))
+            if spool.pending_bytes() < config.spool_high_water_bytes:
+                reply(limiter.admit(message.key_id, message.rate_limit_rps, time.monotonic(), message.req_id))
+            else:
+                metrics.admissions_delayed.inc()
+                nursery.start_soon(admit_when_flushed, message, reply)
         elif isinstance(message, AppendView):
             await spool_send.send(SpoolJob(message, frame, reply))
         elif isinstance(message, Query):
@@ -172,7 +184,8 @@ async def run_writer(config: Config) -> None:
         await spool_send.aclose()
         flush_scope.deadline = trio.current_time() + config.drain_timeout_s
         await flushed_all.wait()
-        nursery.cancel_scope.cancel()  # what runs until cancelled: the metrics sampler, renicing
+        nursery.cancel_scope.cancel()  # what runs until cancelled: the metrics sampler, renicing,
+        # admissions still waiting (their fronts are gone)
     if flush_scope.cancelled_caught:
         log.warning("drain_timeout", left_in_spool_bytes=spool.pending_bytes())
     spool.close()

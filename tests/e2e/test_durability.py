@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -117,6 +118,39 @@ def test_store_outage_spools_then_sheds_load_then_recovers(tmp_path: Path) -> No
         fault.unlink(missing_ok=True)
         assert node.stop() == 0
     assert total(data_dir) == accepted + 20
+
+
+def test_admissions_wait_while_the_spool_is_past_its_high_water_mark(tmp_path: Path) -> None:
+    """Backpressure before the cap: with the store down and a backlog past the high-water mark, a
+    request is admitted only after INGEST_ADMIT_MAX_WAIT_MS (and still accepted); once the flush
+    has caught up, admission is immediate again."""
+    data_dir = tmp_path / "data"
+    fault = tmp_path / "store-down"
+    env = {"INGEST_STORE_FAULT_FILE": str(fault), "INGEST_FLUSH_INTERVAL_MS": "100", "INGEST_FLUSH_RETRY_MAX_S": "0.3",
+           "INGEST_SPOOL_HIGH_WATER_BYTES": "1000", "INGEST_ADMIT_MAX_WAIT_MS": "1500"}  # fmt: skip
+    node = Node(data_dir, env=env).start()
+    key = setup_key(data_dir)
+    try:
+        fault.write_text("down")
+        with httpx.Client(timeout=30) as client:
+
+            def timed_post() -> float:
+                started = time.monotonic()
+                response = node.post(spans_batch(f"t-{uuid.uuid4().hex}", 10), key=key, client=client)
+                assert response.status_code == 202, response.text
+                return time.monotonic() - started
+
+            assert timed_post() < 1.0  # empty spool: admitted at once; its batch stays unflushed
+            assert timed_post() >= 1.5  # backlog past the mark: held for the longest wait, then accepted
+            metrics = client.get(f"{node.url}/metrics").text
+            assert re.search(r"^foglamp_admissions_delayed_total [1-9]", metrics, re.M), metrics
+            fault.unlink()  # the store is back: the flush catches up
+            assert wait_for_rows(data_dir, "SELECT count() AS c FROM foglamp.spans FINAL", 20) == 20
+            assert timed_post() < 1.0
+    finally:
+        fault.unlink(missing_ok=True)
+        assert node.stop() == 0
+    assert total(data_dir) == 30
 
 
 @pytest.mark.parametrize("group", [False, True], ids=["sigterm-to-supervisor", "sigint-to-group"])
