@@ -65,9 +65,9 @@ class Config:
     flush_max_bytes: int = 32 * MiB
     flush_retry_max_s: float = 30.0
     spool_max_bytes: int = 1024 * MiB
-    # Backpressure before the cap: while more than this waits to be flushed (about 3 flush blocks),
-    # admissions wait up to admit_max_wait_ms for the flush to catch up.
-    spool_high_water_bytes: int = 96 * MiB
+    # Backpressure before the cap: while more than this waits to be flushed (8 flush blocks, about
+    # 10 s of catching up), admissions wait up to admit_max_wait_ms for the flush to catch up.
+    spool_high_water_bytes: int = 256 * MiB
     admit_max_wait_ms: int = 1000
     spool_segment_bytes: int = 64 * MiB
 
