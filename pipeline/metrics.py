@@ -40,6 +40,8 @@ flush_seconds = Histogram("foglamp_flush_seconds", "Insert latency per block",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))  # fmt: skip
 spool_commit_seconds = Histogram("foglamp_spool_commit_seconds", "Group commit (write + fsync) latency",
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))  # fmt: skip
+store_active_parts = Gauge("foglamp_store_active_parts", "Active parts of the spans table (lagging merges show here)",
+                           multiprocess_mode="livemax")
 store_up = Gauge("foglamp_store_up", "1 when the last store operation succeeded", multiprocess_mode="livemax")
 
 

@@ -18,6 +18,7 @@ stage drains into a live consumer. Each `run_*` here is one process's whole life
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import time
@@ -30,7 +31,7 @@ from pipeline import metrics
 from pipeline.config import Config
 from pipeline.controlplane import ControlPlane
 from pipeline.drain import DrainState, stdin_closed, watch_for_drain
-from pipeline.errors import RetryableError
+from pipeline.errors import PermanentError, RetryableError
 from pipeline.jobs import Job
 from pipeline.link import Call, run_link, writer_readiness
 from pipeline.link_server import Reply, serve_links
@@ -53,7 +54,7 @@ from stages.flush import FlushHealth, run_flush, status_reply
 from stages.front import create_app, run_front
 from stages.price import PriceTable
 from stages.price_stage import run_price
-from stages.schema import COLUMN_NAMES, ddl
+from stages.schema import COLUMN_NAMES, TABLE, ddl
 from stages.spool import FlushSignal, SpoolJob, run_spool
 from stages.validate_stage import run_validate
 
@@ -174,6 +175,7 @@ async def run_writer(config: Config) -> None:
             metrics.spool_max_bytes.set(config.spool_max_bytes)
 
         nursery.start_soon(metrics.sample_channels, {"spool": spool_send}, spool_gauges)
+        nursery.start_soon(sample_active_parts, store, database)
         if config.merge_nice and config.store_url.startswith("chdb://"):  # embedded: merges run here
             nursery.start_soon(keep_merges_nice, config.merge_nice)
         print("READY", flush=True)  # the supervisor starts the fronts on this line
@@ -223,6 +225,18 @@ def replay_ledgers(spool: Spool) -> tuple[QuotaLedger, QuotaLedger]:
         for payload in records:
             record = decode_record(payload)
             live.charge(record.org_id, record.spans, record.month)
+
+
+async def sample_active_parts(store: AsyncStore, database: str, interval_s: float = 2.0) -> None:
+    """/metrics: the spans table's active parts, every `interval_s` (merges that fall behind, e.g.
+    at INGEST_MERGE_NICE under a long saturating load, show here first). Runs until cancelled; a
+    store that does not answer is skipped (the flush stage reports it)."""
+    sql = (f"SELECT count() AS c FROM system.parts WHERE active AND database = '{database}' "
+           f"AND table = '{TABLE}'")  # fmt: skip
+    while True:
+        with contextlib.suppress(RetryableError, PermanentError):
+            metrics.store_active_parts.set(int((await store.query(sql, "tsv")).split()[-1]))
+        await trio.sleep(interval_s)
 
 
 async def answer_query(store: AsyncStore, message: Query, reply: Reply) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.nodes import Node, batch, create_key, create_org, span, trace, wait_for_rows
+from tests.nodes import Node, batch, create_key, create_org, query, span, trace, wait_for_rows
 
 
 def scrape(node: Node) -> dict[str, float]:
@@ -35,8 +35,8 @@ def test_metrics_agree_with_the_store_across_workers(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         m = scrape(node)
         # Gauges are sampled every 0.5 s and the checkpoint follows the insert: wait for both.
-        while (m.get("foglamp_flush_rows_total", 0) < 30 or m.get("foglamp_spool_pending_bytes") != 0) \
-                and time.monotonic() < deadline:
+        while (m.get("foglamp_flush_rows_total", 0) < 30 or m.get("foglamp_spool_pending_bytes") != 0
+               or not m.get("foglamp_store_active_parts")) and time.monotonic() < deadline:
             time.sleep(0.2)
             m = scrape(node)
         assert m['foglamp_requests_total{error="",status="202"}'] == 6
@@ -46,5 +46,8 @@ def test_metrics_agree_with_the_store_across_workers(tmp_path: Path) -> None:
         assert m['foglamp_spans_rejected_total{reason="quota_exceeded"}'] == 10
         assert m["foglamp_store_up"] == 1 and m["foglamp_spool_pending_bytes"] == 0
         assert 'foglamp_channel_items{stage="validate"}' in m and 'foglamp_channel_items{stage="spool"}' in m
+        # six batches flushed in at most six inserts; merges may have joined some parts since
+        parts = int(query(data_dir, "SELECT count() AS c FROM system.parts WHERE active AND table = 'spans'")[0]["c"])
+        assert 1 <= m["foglamp_store_active_parts"] <= 6 and 1 <= parts <= 6
     finally:
         assert node.stop() == 0
