@@ -74,4 +74,4 @@ async def keep_merges_nice(increment: int, interval_s: float = 1.0) -> None:
 
 
 def _nicer(current: int, increment: int) -> int:
-    return max(min(current + increment, 19), current)
+    return min(current + increment, 19)

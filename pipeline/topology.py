@@ -121,19 +121,25 @@ async def run_writer(config: Config) -> None:
     async def insert(table: str, rows: list[memoryview], token: str) -> None:
         await store.insert_msgpack(f"`{database}`.`{table}`", COLUMN_NAMES, rows, dedup_token=token)
 
+    def backed_up() -> bool:
+        return spool.pending_bytes() >= config.spool_high_water_bytes
+
+    def admit(message: Admit, reply: Reply) -> None:
+        reply(limiter.admit(message.key_id, message.rate_limit_rps, time.monotonic(), message.req_id))
+
     async def admit_when_flushed(message: Admit, reply: Reply) -> None:
         """Backpressure: past the spool's high-water mark an admission waits (at most
         `admit_max_wait_ms`) for the flush to catch up, so the fronts do not accept faster than
         the store takes rows; meanwhile the request's body is not even read."""
         with trio.move_on_after(config.admit_max_wait_ms / 1000):
-            while spool.pending_bytes() >= config.spool_high_water_bytes:
+            while backed_up():
                 await trio.sleep(0.05)
-        reply(limiter.admit(message.key_id, message.rate_limit_rps, time.monotonic(), message.req_id))
+        admit(message, reply)
 
     async def dispatch(message: WriterInbound, frame: bytearray, reply: Reply) -> None:
         if isinstance(message, Admit):
-            if spool.pending_bytes() < config.spool_high_water_bytes:
-                reply(limiter.admit(message.key_id, message.rate_limit_rps, time.monotonic(), message.req_id))
+            if not backed_up():
+                admit(message, reply)
             else:
                 metrics.admissions_delayed.inc()
                 nursery.start_soon(admit_when_flushed, message, reply)

@@ -33,6 +33,14 @@ def total(data_dir: Path, final: bool = True) -> int:
     return int(query(data_dir, sql)[0]["c"])
 
 
+def node_over_a_faulty_store(tmp_path: Path, env: dict[str, str]) -> tuple[Node, Path, Path, str]:
+    """A started node whose store fails while the returned fault file exists (pipeline/testing.py):
+    (node, data dir, fault file, API key)."""
+    data_dir, fault = tmp_path / "data", tmp_path / "store-down"
+    node = Node(data_dir, env={"INGEST_STORE_FAULT_FILE": str(fault), **env}).start()
+    return node, data_dir, fault, setup_key(data_dir)
+
+
 def post_many(node: Node, key: str, batches: int, spans: int) -> int:
     accepted = 0
     with httpx.Client() as client:
@@ -85,12 +93,8 @@ def test_torn_spool_tail_is_skipped_and_the_node_starts(tmp_path: Path) -> None:
 
 
 def test_store_outage_spools_then_sheds_load_then_recovers(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    fault = tmp_path / "store-down"
-    env = {"INGEST_STORE_FAULT_FILE": str(fault), "INGEST_FLUSH_INTERVAL_MS": "100",
-           "INGEST_FLUSH_RETRY_MAX_S": "0.5", "INGEST_SPOOL_MAX_BYTES": "60000"}  # fmt: skip
-    node = Node(data_dir, env=env).start()
-    key = setup_key(data_dir)
+    env = {"INGEST_FLUSH_INTERVAL_MS": "100", "INGEST_FLUSH_RETRY_MAX_S": "0.5", "INGEST_SPOOL_MAX_BYTES": "60000"}
+    node, data_dir, fault, key = node_over_a_faulty_store(tmp_path, env)
     try:
         fault.write_text("down")
         accepted, refused = 0, None
@@ -124,12 +128,9 @@ def test_admissions_wait_while_the_spool_is_past_its_high_water_mark(tmp_path: P
     """Backpressure before the cap: with the store down and a backlog past the high-water mark, a
     request is admitted only after INGEST_ADMIT_MAX_WAIT_MS (and still accepted); once the flush
     has caught up, admission is immediate again."""
-    data_dir = tmp_path / "data"
-    fault = tmp_path / "store-down"
-    env = {"INGEST_STORE_FAULT_FILE": str(fault), "INGEST_FLUSH_INTERVAL_MS": "100", "INGEST_FLUSH_RETRY_MAX_S": "0.3",
+    env = {"INGEST_FLUSH_INTERVAL_MS": "100", "INGEST_FLUSH_RETRY_MAX_S": "0.3",
            "INGEST_SPOOL_HIGH_WATER_BYTES": "1000", "INGEST_ADMIT_MAX_WAIT_MS": "1500"}  # fmt: skip
-    node = Node(data_dir, env=env).start()
-    key = setup_key(data_dir)
+    node, data_dir, fault, key = node_over_a_faulty_store(tmp_path, env)
     try:
         fault.write_text("down")
         with httpx.Client(timeout=30) as client:
@@ -305,12 +306,9 @@ def test_a_worker_sheds_load_past_its_in_flight_cap_before_reading_the_body(tmp_
 
 
 def test_drain_with_the_store_down_exits_in_time_and_keeps_the_rows_for_the_next_start(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    fault = tmp_path / "store-down"
-    env = {"INGEST_STORE_FAULT_FILE": str(fault), "INGEST_DRAIN_TIMEOUT_S": "2", "INGEST_DRAIN_GRACE_S": "0.2",
-           "INGEST_FLUSH_INTERVAL_MS": "100", "INGEST_FLUSH_RETRY_MAX_S": "0.2"}  # fmt: skip
-    node = Node(data_dir, env=env).start()
-    key = setup_key(data_dir)
+    env = {"INGEST_DRAIN_TIMEOUT_S": "2", "INGEST_DRAIN_GRACE_S": "0.2", "INGEST_FLUSH_INTERVAL_MS": "100",
+           "INGEST_FLUSH_RETRY_MAX_S": "0.2"}  # fmt: skip
+    node, data_dir, fault, key = node_over_a_faulty_store(tmp_path, env)
     fault.write_text("down")
     accepted = post_many(node, key, batches=5, spans=4)
     started = time.monotonic()
