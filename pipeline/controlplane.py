@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -333,7 +334,7 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("PRAGMA foreign_keys = ON")
         # WAL is a property of the file, so this is a no-op once any process has set it.
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _switch_to_wal(conn)
             if mode != "wal":
                 raise ControlPlaneError(f"cannot put {path} in WAL mode (it stays in {mode!r})")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -359,6 +360,19 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
             f"{path} has control plane schema version {version}, newer than this program's"
             f" ({SCHEMA_VERSION}); upgrade foglamp-ingest"
         )
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """`PRAGMA journal_mode = WAL`, retried while another process holds the file (SQLite does not
+    always apply the busy timeout to this pragma), up to BUSY_TIMEOUT_S. Returns the mode set."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _hash(key: str) -> bytes:

@@ -134,8 +134,12 @@ class AsyncStore:
                 raise
             except Exception as exc:
                 raise RetryableError(f"cannot open the store: {exc}") from exc
-            for statement in self._setup:
-                store.command(statement)
+            try:
+                for statement in self._setup:
+                    store.command(statement)
+            except BaseException:
+                store.close()  # not kept: close it, or every failed attempt leaks a connection
+                raise
             self._store = store
         return self._store
 

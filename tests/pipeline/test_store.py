@@ -67,3 +67,23 @@ def test_errors_are_translated(store_and_db) -> None:
         store.query("SELEC nonsense", "json")
     with pytest.raises(RetryableError):
         open_store("http://default:@127.0.0.1:1/foglamp")  # nothing listens there
+
+
+async def test_a_store_whose_schema_setup_fails_is_closed_not_leaked(tmp_path: Path) -> None:
+    """The embedded engine has one path per process: a connection leaked by a failed open would
+    keep it, and opening any other store directory in this process would then fail."""
+    from pipeline.store import AsyncStore
+    from pipeline.testing import FaultyStore
+
+    fault = tmp_path / "store-down"
+    fault.write_text("down")
+    store = AsyncStore(lambda: FaultyStore(open_store(f"chdb://{tmp_path / 'first'}"), fault), ddl("foglamp"))
+    for _ in range(2):  # each attempt opens, fails the schema setup, and must close again
+        with pytest.raises(RetryableError):
+            await store.connect()
+    other = open_store(f"chdb://{tmp_path / 'second'}")
+    try:
+        assert other.query("SELECT 1 AS one", "json").strip() == b'{"one":1}'
+    finally:
+        other.close()
+    await store.close()
