@@ -123,10 +123,12 @@ class IngestHandler:
         metrics.requests.labels(str(status), body.get("error", "")).inc()
         if status == 202:
             metrics.spans_accepted.inc(body["accepted"])
-        raw_headers = [(b"content-type", b"application/json")]
+        payload = _json.encode(body)
+        # A Content-Length (not chunked encoding): fewer writes for the server, less to parse for the client.
+        raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": _json.encode(body)})
+        await send({"type": "http.response.body", "body": payload})
 
     async def answer(self, scope: dict, receive: Callable) -> Answer:
         if self.state.draining:

@@ -72,6 +72,9 @@ def test_json_batch_is_stored_with_every_column(node: Node, key: str, org: str) 
     response = node.post(llm_batch(t, 3), key=key)
     assert response.status_code == 202, response.text
     assert response.json() == {"accepted": 3}
+    # A plain Content-Length reply, not chunked: cheaper for the server and for SDKs.
+    assert response.headers["content-length"] == str(len(response.content))
+    assert "transfer-encoding" not in response.headers
     rows = stored(node.data_dir, t, 3)
     llm = rows[0]
     assert llm["org_id"] == org and llm["trace_id"] == t and llm["span_id"] == "llm0"
