@@ -34,7 +34,7 @@ class Job:
     monthly_span_quota: int | None
     media: str  # "json" | "msgpack"
     encoding: str  # "identity" | "gzip" | "zstd"
-    body: bytes
+    body: bytes | bytearray
     reply: trio.MemorySendChannel[Any] = field(repr=False)
     payload: Any = None  # set by the validate stage: the decoded batch
 

@@ -24,7 +24,7 @@ import msgspec
 import trio
 
 from pipeline import messages
-from pipeline.frames import iter_frames, send_frame
+from pipeline.frames import iter_frames
 from pipeline.jobs import deliver
 from pipeline.log import get_logger
 
@@ -105,6 +105,7 @@ async def _serve_connection(
 ) -> bool:
     """Forward calls until the input ends (True) or the connection breaks (False)."""
     pending: dict[int, trio.MemorySendChannel[messages.Message | None]] = {}
+    out = messages.frame_buffer()  # this task is the connection's only sender
     all_answered = trio.Event()
     input_ended = False
     async with stream, trio.open_nursery() as nursery:
@@ -133,7 +134,7 @@ async def _serve_connection(
             pending[req_id] = item.reply
             try:
                 message = msgspec.structs.replace(item.message, req_id=req_id)
-                await send_frame(stream, messages.encode(message))
+                await stream.send_all(out.encode(message))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 for waiter in pending.values():
                     deliver(waiter, None)

@@ -27,7 +27,7 @@ from pipeline.log import get_logger
 log = get_logger("links")
 
 Reply = Callable[[messages.Message], None]
-# (the decoded message, the frame it came in, how to answer it)
+# (the decoded message, the frame it came in, after RECORD_PREFIX_BYTES of headroom, how to answer it)
 Dispatch = Callable[[messages.WriterInbound, bytearray, Reply], Awaitable[None]]
 
 
@@ -79,8 +79,9 @@ async def _serve_connection(stream: trio.SocketStream, dispatch: Dispatch, capac
 
         nursery.start_soon(forward_replies)
         try:
-            async for payload in iter_frames(stream):
-                await dispatch(messages.decode_inbound(payload), payload, reply)
+            async for received in iter_frames(stream, headroom=messages.RECORD_PREFIX_BYTES):
+                message = messages.decode_inbound(memoryview(received)[messages.RECORD_PREFIX_BYTES:])
+                await dispatch(message, received, reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, PermanentError,
                 msgspec.MsgspecError) as exc:  # fmt: skip
             log.warning("connection_error", error=str(exc))

@@ -18,6 +18,8 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
+from pipeline.frames import FrameBuffer
+
 
 class _Message(msgspec.Struct, frozen=True, array_like=True, tag_field="t"):
     pass
@@ -112,6 +114,11 @@ def encode(message: Message) -> bytes:
     return _encoder.encode(message)
 
 
+def frame_buffer() -> FrameBuffer:
+    """A sender's reusable buffer of framed messages (see `pipeline.frames.FrameBuffer`)."""
+    return FrameBuffer(_encoder.encode_into)
+
+
 def decode(data: bytes) -> Message:
     return _decoder.decode(data)
 
@@ -141,7 +148,10 @@ def decode_inbound(data: bytes | bytearray | memoryview) -> WriterInbound:
 # A spool record is `version (1 byte) | month YYYYMM (u32 big-endian) | the Append frame as
 # received`: the writer spools the front's bytes as they are, and the flush stage takes the rows
 # out of them as a view. Version 2; there was never a version 1 on disk outside development.
+# The writer receives each frame with RECORD_PREFIX_BYTES of headroom, which `spool_payload`
+# fills in place: a batch is never copied on its way from the socket to the spool.
 RECORD_VERSION = 2
+RECORD_PREFIX_BYTES = 5
 _append_view_decoder = msgspec.msgpack.Decoder(AppendView)
 _BIN_HEADER = {0xC4: 2, 0xC5: 3, 0xC6: 5}  # msgpack bin8 / bin16 / bin32
 
@@ -153,13 +163,17 @@ class SpoolRecord(NamedTuple):
     rows: memoryview  # ClickHouse MsgPack rows, a view into the record
 
 
-def spool_payload(month: int, append_frame: bytes | bytearray | memoryview) -> bytes:
-    return b"".join((bytes((RECORD_VERSION,)), month.to_bytes(4, "big"), append_frame))
+def spool_payload(month: int, frame: bytearray) -> bytearray:
+    """The spool record of an Append `frame` received with RECORD_PREFIX_BYTES of headroom: the
+    prefix is written into the headroom, and the same buffer is the record."""
+    frame[0] = RECORD_VERSION
+    frame[1:RECORD_PREFIX_BYTES] = month.to_bytes(4, "big")
+    return frame
 
 
-def encode_record(org_id: str, spans: int, month: int, rows: bytes) -> bytes:
+def encode_record(org_id: str, spans: int, month: int, rows: bytes) -> bytearray:
     """A spool record from its parts (tests, tools); the writer uses `spool_payload` directly."""
-    return spool_payload(month, encode(Append(0, org_id, "", spans, None, rows)))
+    return spool_payload(month, bytearray(RECORD_PREFIX_BYTES) + encode(Append(0, org_id, "", spans, None, rows)))
 
 
 def decode_record(data: bytes | bytearray | memoryview) -> SpoolRecord:

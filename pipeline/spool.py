@@ -51,7 +51,7 @@ _MAX_PAYLOAD = 2**32 - 1
 _CKPT_MAGIC = b"FGLCKPT\0"
 _CKPT_HEAD = struct.Struct("<8sII")
 _SEG_NAME = re.compile(r"^(\d{20})\.seg$")
-_READ_AHEAD = 1 << 20
+_READ_AHEAD = 512 << 10
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -75,6 +75,27 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def _pwritev_all(fd: int, buffers: list, offset: int) -> int:
+    """Write `buffers` back to back at `offset` without joining them (no copy of the batches);
+    return the bytes written."""
+    views = [memoryview(b) for b in buffers if len(b)]
+    i = total = 0
+    while i < len(views):
+        written = os.pwritev(fd, views[i : i + _IOV_MAX], offset)
+        if written <= 0:
+            raise OSError(f"pwritev wrote {written} bytes")
+        offset, total = offset + written, total + written
+        while i < len(views) and written >= len(views[i]):
+            written -= len(views[i])
+            i += 1
+        if written:
+            views[i] = views[i][written:]
+    return total
 
 
 def _scan(
@@ -354,9 +375,7 @@ class Spool:
         self._wfd, self._wpos, self._rotate_next = fd, HEADER_SIZE, False
 
     def _write(self, chunk: list[bytes]) -> None:
-        data = b"".join(chunk)
-        _pwrite_all(self._wfd, data, self._wpos)
-        self._wpos += len(data)
+        self._wpos += _pwritev_all(self._wfd, chunk, self._wpos)
 
     def _abandon(self, published: Position, created: list[int]) -> None:
         """Undo a failed append as far as possible; the next append starts a new segment."""

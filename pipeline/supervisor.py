@@ -38,16 +38,19 @@ CONFIG_ENV = "FOGLAMP_CONFIG"
 RESTART_DELAY_S = 0.5
 RESTART_MAX_DELAY_S = 30.0
 STABLE_AFTER_S = 10.0  # a child that ran this long is restarted at once again
-# glibc malloc for processes that move 100 KB+ buffers all day: few arenas, and large blocks in
-# their own mappings, so freed request bodies and frames go back to the OS instead of fragmenting
-# the heap (measured: ~100 MB less writer RSS, throughput within the noise). The embedded
-# ClickHouse has its own allocator (jemalloc, read from JE_MALLOC_CONF), which by default keeps
-# freed pages for 5 s: at 0.5 s the writer's peak RSS under load is ~80 MB lower (0 s: ~160 MB
-# lower, but ~10 % more writer CPU). An operator's own values in the environment win.
+# glibc malloc for processes that move 100 KB+ buffers all day: few arenas; buffers up to 1 MiB
+# (request bodies, frames, spool records) reuse heap memory, larger ones get their own mappings.
+# Every fresh page costs a page fault, ~3 µs per 4 KiB here, more than copying it: with 128 KiB
+# (every batch-sized buffer freshly mapped) the fronts took ~8k faults/s each and the writer ~45k
+# under load, about a tenth of the machine's CPU; at 1 MiB the fronts take none and the writer's
+# Python side none (docs/PERFORMANCE.md), for ~50 MB more writer RSS. The embedded ClickHouse has
+# its own allocator (jemalloc, read from JE_MALLOC_CONF), which by default keeps freed pages for
+# 5 s: at 0.5 s the writer's peak RSS under load is ~80 MB lower (0 s: ~160 MB lower, but ~10 %
+# more writer CPU). An operator's own values in the environment win.
 MALLOC_ENV = {
     "MALLOC_ARENA_MAX": "2",
-    "MALLOC_MMAP_THRESHOLD_": "131072",
-    "MALLOC_TRIM_THRESHOLD_": "1048576",
+    "MALLOC_MMAP_THRESHOLD_": "1048576",
+    "MALLOC_TRIM_THRESHOLD_": "4194304",
     "JE_MALLOC_CONF": "dirty_decay_ms:500,muzzy_decay_ms:0",
 }
 

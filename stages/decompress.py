@@ -25,7 +25,7 @@ class Undecodable:
     message: str
 
 
-def decompress(body: bytes, encoding: str, limit: int) -> bytes | TooLarge | Undecodable:
+def decompress(body: bytes | bytearray, encoding: str, limit: int) -> bytes | bytearray | TooLarge | Undecodable:
     if encoding == "identity":
         return body if len(body) <= limit else TooLarge(limit)
     if encoding == "gzip":

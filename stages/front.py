@@ -158,15 +158,16 @@ class IngestHandler:
             limit_headers = rate_limit_headers(admit)
             if not admit.allowed:
                 return 429, {"error": "rate_limited"}, {"Retry-After": str(admit.retry_after_s), **limit_headers}
-            return await self.accept(receive, key, media, encoding, limit_headers)
+            expected = int(declared) if declared.isdigit() else None
+            return await self.accept(receive, key, media, encoding, limit_headers, expected)
         finally:
             self.in_flight -= 1
 
     async def accept(self, receive: Callable, key: ApiKey, media: str, encoding: str,
-                     limit_headers: dict[str, str]) -> Answer:  # fmt: skip
+                     limit_headers: dict[str, str], expected: int | None) -> Answer:  # fmt: skip
         """Read the body and follow the job through the stages to its answer."""
         limit = self.config.max_body_bytes
-        body = await read_capped(receive, limit)
+        body = await read_capped(receive, limit, expected)
         if body is None:
             return too_large(limit)
         reply_send, reply_receive = trio.open_memory_channel[Any](1)
@@ -181,19 +182,34 @@ class IngestHandler:
         return overloaded()
 
 
-async def read_capped(receive: Callable, limit: int) -> bytes | None:
+async def read_capped(receive: Callable, limit: int, expected: int | None = None) -> bytearray | None:
     """The request body, or None once it passes `limit` bytes (a chunked body is cut off there,
-    without reading the rest)."""
+    without reading the rest) or the client is gone. With a Content-Length (`expected`, at most
+    `limit`) the body is read into one buffer of that size: no growing, no final copy."""
+    if expected is not None:
+        body = bytearray(expected)
+        view, got = memoryview(body), 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect: the client is gone
+                return None
+            chunk = message.get("body", b"")
+            if got + len(chunk) > expected:  # the server enforces Content-Length; never trust it blindly
+                return None
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+            if not message.get("more_body", False):
+                return body if got == expected else None
     chunks = bytearray()
     while True:
         message = await receive()
-        if message["type"] != "http.request":  # http.disconnect: the client is gone
+        if message["type"] != "http.request":
             return None
         chunks += message.get("body", b"")
         if len(chunks) > limit:
             return None
         if not message.get("more_body", False):
-            return bytes(chunks)
+            return chunks
 
 
 def create_app(

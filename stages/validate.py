@@ -78,7 +78,9 @@ class InvalidPayload:
     issues: list[dict]
 
 
-def decode_batch(body: bytes, media: Media, *, max_issues: int = 100) -> Batch | InvalidBody | InvalidPayload:
+def decode_batch(
+    body: bytes | bytearray, media: Media, *, max_issues: int = 100
+) -> Batch | InvalidBody | InvalidPayload:
     """Decode and validate one ingest body. At most ``max_issues`` issues are returned."""
     if not body:
         return InvalidBody("body is empty")

@@ -94,6 +94,18 @@ def test_group_append_is_one_fsync_and_returns_the_end(spool_dir: Path) -> None:
         assert read_all(spool) == (group, end)
 
 
+def test_a_group_of_more_buffers_than_one_write_takes_is_written_whole(spool_dir: Path) -> None:
+    # Records are written without joining them (pwritev), at most IOV_MAX buffers per call.
+    with CountingSpool.open(spool_dir) as spool:
+        group = [payload(i) for i in range(1500)] + [bytearray(b"a bytearray, as the writer spools")]
+        before = spool.syncs
+        end = spool.append(group)
+        assert spool.syncs - before == 1
+        assert read_all(spool) == ([bytes(p) for p in group], end)
+    with Spool.open(spool_dir) as reopened:  # and durably: read back after a reopen
+        assert read_all(reopened)[0] == [bytes(p) for p in group]
+
+
 def test_read_honours_max_bytes_and_max_records(spool_dir: Path) -> None:
     with Spool.open(spool_dir) as spool:
         spool.append([b"a" * 100, b"b" * 100, b"c" * 100])

@@ -14,7 +14,15 @@ import trio
 import trio.testing
 
 from pipeline.config import Config
-from pipeline.messages import Append, AppendReply, decode_inbound, decode_record, encode, encode_record
+from pipeline.messages import (
+    RECORD_PREFIX_BYTES,
+    Append,
+    AppendReply,
+    decode_inbound,
+    decode_record,
+    encode,
+    encode_record,
+)
 from pipeline.spool import Spool
 from pipeline.store import AsyncStore, open_store
 from pipeline.testing import FaultyStore
@@ -63,8 +71,8 @@ def test_quota_ledger_month_rollover_and_persistence() -> None:
 
 def _job(org: str, spans: int, quota: int | None, reply=print, rows: bytes = b"x") -> SpoolJob:
     """A SpoolJob exactly as the writer's link server makes one: decoded from the frame."""
-    frame = bytearray(encode(Append(0, org, "k", spans, quota, rows)))
-    return SpoolJob(decode_inbound(frame), frame, reply)
+    frame = bytearray(RECORD_PREFIX_BYTES) + encode(Append(0, org, "k", spans, quota, rows))
+    return SpoolJob(decode_inbound(memoryview(frame)[RECORD_PREFIX_BYTES:]), frame, reply)
 
 
 def test_decide_counts_earlier_batches_of_the_same_group() -> None:
