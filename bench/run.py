@@ -36,6 +36,9 @@ import trio
 
 from bench import bench_price, bench_validate, ceilings, loadtest
 from bench.ceilings import REPO
+from pipeline.config import Config
+
+FLUSH = Config()  # the node's defaults, which the bench runs with
 
 RUN_PY = str(REPO / "run.py")
 
@@ -197,9 +200,10 @@ def render(r: dict) -> str:
         ("e2e requests/s, latency of 202s", f"{e2e['requests_per_s']}", _outcome(e2e)),
         ("e2e node process tree", f"{e2e['process_tree'].get('peak_rss_mib', 0):.0f} MiB",
          f"{_tree(e2e['process_tree'])}; load client {e2e['client_cpu_percent']:.0f}%"),
-        ("raw chDB insert rows/s", f"{ins['rows_per_s']:,}", f"{ins['rows']:,} rows, {ins['blocks']} blocks of "
-         f"{ins['block_rows']:,} ({ins['block_mib']} MiB, {ins['bytes_per_row']} B/row), ms/block {ins['block_ms']}; "
-         f"{ins['cpu_cores']} cores busy, {ins['cpu_us_per_row']} µs CPU/row"),
+        *[(f"raw chDB insert rows/s, {when}", f"{i['rows_per_s']:,}", f"{i['rows']:,} rows, {i['blocks']} blocks of "
+           f"{i['block_rows']:,} ({i['block_mib']} MiB, {i['bytes_per_row']} B/row), ms/block {i['block_ms']}; "
+           f"{i['cpu_cores']} cores busy, {i['cpu_us_per_row']} µs CPU/row")
+          for when, i in (("before the node", ins), ("after the node", c["raw_insert_after"]))],
         ("decode+validate spans/s, 1 core", f"{dv['json_spans_per_s']:,}",
          f"bench_validate batches, JSON (best {dv['json_spans_per_s_best']:,}); msgpack {dv['msgpack_spans_per_s']:,}"),
         ("pricing spans/s, 1 core", f"{c['pricing']['spans_per_s']:,}", f"{c['pricing']['us_per_span']} µs/span"),
@@ -218,7 +222,8 @@ def render(r: dict) -> str:
                else f"still running {r['plan']['drain_wait_s']} s after SIGTERM: killed")  # fmt: skip
     drained += f"; errors logged: {', '.join(stop['log_errors'])}" if stop["log_errors"] else ""
     checks = [
-        ("e2e / raw insert", ra["e2e_vs_raw_insert"], ">= 0.5", ra["e2e_vs_raw_insert"] >= 0.5),
+        ("e2e / raw insert (mean of before and after)", ra["e2e_vs_raw_insert"], ">= 0.5",
+         ra["e2e_vs_raw_insert"] >= 0.5),
         *[(f"e2e / {k.removeprefix('e2e_vs_')}", v, "-", None) for k, v in ra.items() if k != "e2e_vs_raw_insert"],
         ("p99 of 202s at 80 % of sustained", f"{p80['latency_ms']['p99']:.0f} ms", "< 250 ms",
          p80["latency_ms"]["p99"] < 250),
@@ -253,8 +258,10 @@ def render(r: dict) -> str:
         "other work on the machine; the ceilings are measured alone. A front is one trio thread (at most 100%); the "
         "writer's figure includes chDB's threads (inserts run in a worker thread, outside the GIL).",
         f"- decode+validate, pricing and front path are per core; the node has {workers} fronts. The raw insert "
-        f"uses {ins['block_rows']:,}-row blocks; the writer flushes every second, or at 50k rows or 64 MiB "
-        f"(about {64 * 2**20 // max(ins['bytes_per_row'], 1):,} rows of these).",
+        f"uses {ins['block_rows']:,}-row blocks; the writer flushes every {FLUSH.flush_interval_ms} ms, or at "
+        f"{FLUSH.flush_max_rows:,} rows or {FLUSH.flush_max_bytes >> 20} MiB (about "
+        f"{FLUSH.flush_max_bytes // max(ins['bytes_per_row'], 1):,} rows of these). The raw insert is measured "
+        "before and after the node's phases (the machine's speed drifts); the ratio uses their mean.",
         f"- Sustained rate = e2e persisted spans/s / {spans} = {n['sustained_requests_per_s']} requests/s. Open-loop "
         "latency counts from each request's scheduled send time; a 429/503 is retried with the same body after "
         "its Retry-After, and a retry that would start after the phase is abandoned.",
@@ -277,8 +284,12 @@ def run(plan: SimpleNamespace, command: str) -> dict:
             c["hypercorn_bare"][kind] = load(url, "fl_bare", plan.bare_s, plan.concurrency, plan.spans)
     with tempfile.TemporaryDirectory(prefix="foglamp-bench-") as tmp:
         results["node"] = node_phases(plan, Path(tmp) / "data")
+    # The store's ceiling drifts by 10-20 % within minutes on a shared machine: it is measured
+    # before and after the node's phases, and the e2e ratio is taken against their mean.
+    c["raw_insert_after"] = ceilings.measure_raw_insert(plan.insert_rows, plan.block_rows)
     e2e, bare = results["node"]["e2e"]["persisted_spans_per_s"], c["hypercorn_bare"]
-    limits = {"raw_insert": c["raw_insert"]["rows_per_s"], "hypercorn_bare_asgi": bare["asgi"]["spans_per_s"],
+    raw = (c["raw_insert"]["rows_per_s"] + c["raw_insert_after"]["rows_per_s"]) / 2
+    limits = {"raw_insert": raw, "hypercorn_bare_asgi": bare["asgi"]["spans_per_s"],
               "hypercorn_bare_quart": bare["quart"]["spans_per_s"], "pricing_1core": c["pricing"]["spans_per_s"],
               "decode_validate_1core": c["decode_validate"]["json_spans_per_s"],
               "front_path_1core": c["raw_insert"]["front_path_spans_per_s"]}  # fmt: skip

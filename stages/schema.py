@@ -17,12 +17,7 @@ few more parts per partition (about a dozen instead of three or four after 40 fl
 on the node's own rows, 40 flushes of 16k rows: 43–47 µs of CPU per row with the default, 36–37
 with 10 (docs/PERFORMANCE.md).
 
-Part format: `min_bytes_for_wide_part` above a flush block keeps every freshly inserted part
-compact (one data file instead of two per column, ~80 files), so an insert writes fewer files and
-buffers; parts merged past it become wide, the format queries read best. Measured on the node's
-own rows, 20 inserts of 15k rows with their merges: 35–36 µs of CPU per row against 38–39 wide.
-
-Both settings are (re)applied at every start, so tables created before them get them too.
+The setting is (re)applied at every start, so tables created before it get it too.
 """
 
 from __future__ import annotations
@@ -73,10 +68,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 TABLE = "spans"
 MERGE_SELECTOR_BASE = 10
-MIN_BYTES_FOR_WIDE_PART = 128 << 20
 
 # Re-applied at every start (ALTER ... MODIFY SETTING), so existing tables follow a change here.
-TABLE_SETTINGS = f"merge_selector_base = {MERGE_SELECTOR_BASE}, min_bytes_for_wide_part = {MIN_BYTES_FOR_WIDE_PART}"
+TABLE_SETTINGS = f"merge_selector_base = {MERGE_SELECTOR_BASE}"
 
 
 def ddl(database: str) -> list[str]:

@@ -33,6 +33,7 @@ def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
     assert c["pricing"]["spans_per_s"] > 0
     assert c["raw_insert"]["rows_per_s"] > 0 and c["raw_insert"]["front_path_spans_per_s"] > 0
     assert c["raw_insert"]["rows_stored"] == c["raw_insert"]["rows"] > 0
+    assert c["raw_insert_after"]["rows_stored"] == c["raw_insert_after"]["rows"] > 0  # measured again after the node
     for kind in ("asgi", "quart"):
         assert c["hypercorn_bare"][kind]["requests_per_s"] > 0
         assert c["hypercorn_bare"][kind]["statuses"].get("202", 0) > 0
@@ -57,6 +58,10 @@ def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
         "e2e_vs_decode_validate_1core", "e2e_vs_front_path_1core", "e2e_vs_pricing_1core",
     }  # fmt: skip
     assert all(v > 0 for v in r["ratios"].values())
+    mean_raw = (c["raw_insert"]["rows_per_s"] + c["raw_insert_after"]["rows_per_s"]) / 2
+    assert r["ratios"]["e2e_vs_raw_insert"] == round(e2e["persisted_spans_per_s"] / mean_raw, 3)
+    text = report.read_text()
+    assert "raw chDB insert rows/s, before the node" in text and "raw chDB insert rows/s, after the node" in text
 
     text = report.read_text()
     for heading in ("# Benchmarks", "## Machine", "## Command", "## Numbers", "## Ratios and targets", "## Notes"):
