@@ -107,22 +107,27 @@ def _scan(
     max_records: int | None,
     keep: bool,
     must_take: bool = True,
-) -> tuple[list[bytes], int, int, str | None]:
+) -> tuple[list[memoryview], int, int, str | None]:
     """Read the records in [offset, limit) of one segment, through a read-ahead buffer.
 
     Stops before a record that would take the payload bytes past `budget` (unless it is the
     first and `must_take`), after `max_records`, at `limit`, or at the first bad record. Returns the payloads
     (if `keep`), the offset after the last good record, its payload bytes and the problem found.
-    """
-    out: list[bytes] = []
-    taken = count = 0
-    buf, buf_at = b"", offset
 
-    def get(at: int, n: int) -> bytes:
+    Kept payloads are views into one read of about `budget` bytes: no copy per record, and the
+    memory goes back to the OS as a whole once the caller drops the views (a flush block). A scan
+    that keeps nothing reads `_READ_AHEAD` at a time.
+    """
+    out: list[memoryview] = []
+    taken = count = 0
+    buf, buf_at = memoryview(b""), offset
+    ahead = int(budget) + _READ_AHEAD if keep and budget != float("inf") else _READ_AHEAD
+
+    def get(at: int, n: int) -> memoryview:
         nonlocal buf, buf_at
         if buf_at <= at and at + n <= buf_at + len(buf):
             return buf[at - buf_at : at - buf_at + n]
-        buf, buf_at = os.pread(fd, max(n, min(_READ_AHEAD, limit - at)), at), at
+        buf, buf_at = memoryview(os.pread(fd, max(n, min(ahead, limit - at)), at)), at
         return buf if len(buf) <= n else buf[:n]
 
     while offset < limit and (max_records is None or count < max_records):
@@ -395,16 +400,17 @@ class Spool:
 
     def read(
         self, start: Position, *, max_bytes: int, max_records: int | None = None
-    ) -> tuple[list[bytes], Position]:
+    ) -> tuple[list[memoryview], Position]:
         """Return payloads from `start` (a record boundary) up to the durable end, and the position
         after the last one. At most `max_bytes` of payload, but at least one record if any is
         available. Corrupt data is logged and skipped: the position may then move on even when
-        the list is empty, and the caller should carry on from it."""
+        the list is empty, and the caller should carry on from it. The payloads are read-only
+        views into one buffer per segment read (no copy per record)."""
         with self._read_lock:
             self._check_open()
             with self._lock:
                 sizes = dict(self._sizes)
-            out: list[bytes] = []
+            out: list[memoryview] = []
             taken = 0
             cursor = result = start
             while max_records is None or len(out) < max_records:

@@ -59,11 +59,11 @@ class Block:
     token: str  # the insert deduplication token: the same spool range always gets the same one
     rows: list[memoryview]  # each batch's rows, inserted back to back (views into the records)
     row_count: int
-    records: list[bytes]
+    records: list[memoryview]  # spool payloads, views into the spool's read buffer
     charges: list[tuple[str, int, int]]  # (org, spans, month) per record, for the flushed ledger
 
 
-def make_block(token: str, records: list[bytes]) -> Block:
+def make_block(token: str, records: list[memoryview]) -> Block:
     """The rows of spool records as one insert block (views, no copy). Plain function."""
     decoded = [decode_record(r) for r in records]
     return Block(

@@ -52,7 +52,7 @@ def read_all(spool: Spool, start: Position = BEGINNING) -> tuple[list[bytes], Po
     out: list[bytes] = []
     while True:
         got, nxt = spool.read(start, max_bytes=1 << 20)
-        out += got
+        out += [bytes(view) for view in got]
         if nxt == start:
             return out, start
         start = nxt
@@ -104,6 +104,16 @@ def test_a_group_of_more_buffers_than_one_write_takes_is_written_whole(spool_dir
         assert read_all(spool) == ([bytes(p) for p in group], end)
     with Spool.open(spool_dir) as reopened:  # and durably: read back after a reopen
         assert read_all(reopened)[0] == [bytes(p) for p in group]
+
+
+def test_read_returns_views_into_one_buffer(spool_dir: Path) -> None:
+    with Spool.open(spool_dir) as spool:
+        group = [payload(i) for i in range(50)]
+        spool.append(group)
+        records, _ = spool.read(BEGINNING, max_bytes=1 << 20)
+    assert [bytes(r) for r in records] == group
+    assert all(isinstance(r, memoryview) and r.readonly for r in records)
+    assert len({id(r.obj) for r in records}) == 1  # one read, no copy per record
 
 
 def test_read_honours_max_bytes_and_max_records(spool_dir: Path) -> None:
