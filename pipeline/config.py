@@ -31,8 +31,9 @@ class Config:
     port: int = 4000
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     # CPU priorities (0-19, see pipeline/priority.py): fronts relative to the supervisor, the
-    # embedded store's merge threads relative to the writer.
+    # embedded store's inserts and queries, and its merges, relative to the writer.
     front_nice: int = 0
+    store_nice: int = 4
     merge_nice: int = 10
     data_dir: Path = Path("data")
 
@@ -176,7 +177,7 @@ def _check(config: Config) -> None:
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(config, name)!r}")
-    for name in ("front_nice", "merge_nice"):
+    for name in ("front_nice", "store_nice", "merge_nice"):
         if not 0 <= getattr(config, name) <= 19:
             raise ConfigError(f"{env_name(name)} must be in 0..19, got {getattr(config, name)!r}")
     if config.drain_grace_s < 0:

@@ -17,14 +17,19 @@ connection failures, timeouts and overload codes become `RetryableError`; everyt
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import clickhouse_connect
+import outcome
 import trio
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from pipeline.errors import PermanentError, RetryableError
+from pipeline.priority import name_this_thread, renice_this_thread
 
 T = TypeVar("T")
 # Rows in `FORMAT MsgPack`: one buffer, or several inserted back to back as one block (no join).
@@ -110,21 +115,62 @@ def _code(exc: BaseException) -> int | None:
     return None
 
 
-class AsyncStore:
-    """A `Store` for trio code: opened lazily, one call at a time, each in a worker thread.
+class StoreThread:
+    """The one thread that runs a store's calls, one at a time, `nice` nicer than the process (the
+    embedded ClickHouse does much of an insert in its caller's thread). Not trio's thread cache:
+    a thread reniced there would later run other work, such as spool appends, at that priority.
 
-    Resource handling: owns the store it opens; `close()` releases it. The store is (re)opened on
-    the first call that needs it, and `setup` statements (the schema) run right after each open,
-    so a writer can start, and spool, while a ClickHouse server is still down.
+    Resource handling: the thread starts with the object and ends after `stop()` (it is a daemon:
+    a process that never calls `stop` is not held up by it). A call runs to its end even when the
+    awaiting task is cancelled, as with `trio.to_thread.run_sync`.
+    """
+
+    def __init__(self, nice: int = 0) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Callable[[outcome.Outcome], None]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, args=(nice,), name="foglamp-store", daemon=True)
+        self._thread.start()
+
+    def _serve(self, nice: int) -> None:
+        name_this_thread("foglamp-store")
+        if nice:
+            renice_this_thread(nice)
+        while (job := self._jobs.get()) is not None:
+            fn, deliver = job
+            deliver(outcome.capture(fn))
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        task, token = trio.lowlevel.current_task(), trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        self._jobs.put((fn, deliver))
+        return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+
+class AsyncStore:
+    """A `Store` for trio code: opened lazily, one call at a time, each in the store's own thread
+    (`StoreThread`, at `thread_nice`).
+
+    Resource handling: owns the store it opens and its thread; `close()` releases both. The store
+    is (re)opened on the first call that needs it, and `setup` statements (the schema) run right
+    after each open, so a writer can start, and spool, while a ClickHouse server is still down.
     Error handling: the store's `RetryableError` / `PermanentError` propagate unchanged; a failure
     to open is a `RetryableError`.
     """
 
-    def __init__(self, opener: Callable[[], Store], setup: Sequence[str] = ()) -> None:
+    def __init__(self, opener: Callable[[], Store], setup: Sequence[str] = (), *, thread_nice: int = 0) -> None:
         self._opener = opener
         self._setup = list(setup)
         self._store: Store | None = None
         self._lock = trio.Lock()
+        self._thread_nice = thread_nice
+        self._thread: StoreThread | None = None
 
     def _connected(self) -> Store:
         if self._store is None:
@@ -145,7 +191,9 @@ class AsyncStore:
 
     async def _run(self, fn: Callable[[Store], T]) -> T:
         async with self._lock:
-            return await trio.to_thread.run_sync(lambda: fn(self._connected()))
+            if self._thread is None:
+                self._thread = StoreThread(self._thread_nice)
+            return await self._thread.run(lambda: fn(self._connected()))
 
     async def connect(self) -> None:
         await self._run(lambda store: None)
@@ -161,6 +209,9 @@ class AsyncStore:
 
     async def close(self) -> None:
         async with self._lock:
-            if self._store is not None:
-                await trio.to_thread.run_sync(self._store.close)
+            if self._store is not None and self._thread is not None:
+                await self._thread.run(self._store.close)
                 self._store = None
+            if self._thread is not None:
+                self._thread.stop()
+                self._thread = None

@@ -47,7 +47,7 @@ from pipeline.messages import (
     WriterInbound,
     decode_record,
 )
-from pipeline.priority import keep_merges_nice
+from pipeline.priority import MERGE_THREAD_PREFIXES, QUERY_THREAD_PREFIXES, keep_threads_nice
 from pipeline.spool import Spool
 from stages.admission import QuotaLedger, RateLimiter, month_of
 from stages.flush import FlushHealth, run_flush, status_reply
@@ -105,7 +105,9 @@ async def run_writer(config: Config) -> None:
     """The writer process: store owner, spool, admission state. Stops when stdin closes."""
     # Imported here, not at the top: only the writer needs the store client (~20 MB per process).
     from pipeline.store import AsyncStore
-    store = AsyncStore(functools.partial(store_opener, config), ddl(config.clickhouse_database))
+    embedded = config.store_url.startswith("chdb://")  # the store's threads are this process's
+    store = AsyncStore(functools.partial(store_opener, config), ddl(config.clickhouse_database),
+                       thread_nice=config.store_nice if embedded else 0)  # fmt: skip
     await connect_once(store)
     spool = Spool.open(config.spool_dir, segment_max_bytes=config.spool_segment_bytes)
     flushed_ledger, ledger = replay_ledgers(spool)
@@ -182,8 +184,9 @@ async def run_writer(config: Config) -> None:
 
         nursery.start_soon(metrics.sample_channels, {"spool": spool_send}, spool_gauges)
         nursery.start_soon(sample_active_parts, store, database)
-        if config.merge_nice and config.store_url.startswith("chdb://"):  # embedded: merges run here
-            nursery.start_soon(keep_merges_nice, config.merge_nice)
+        if embedded:
+            nursery.start_soon(keep_threads_nice, {MERGE_THREAD_PREFIXES: config.merge_nice,
+                                                   QUERY_THREAD_PREFIXES: config.store_nice})  # fmt: skip
         print("READY", flush=True)  # the supervisor starts the fronts on this line
         log.info("writer_ready", spool_pending_bytes=spool.pending_bytes())
         await stdin_closed()  # the supervisor's order, given once every front is gone

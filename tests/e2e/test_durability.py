@@ -200,12 +200,12 @@ def nice_of(pid: int | str) -> int:
     return os.getpriority(os.PRIO_PROCESS, int(pid))
 
 
-def merge_thread_nices(writer_pid: str, timeout_s: float = 10.0) -> list[int]:
-    """Niceness of the writer's embedded-ClickHouse merge threads, once the writer reniced them."""
+def thread_nices(writer_pid: str, prefix: str, timeout_s: float = 10.0) -> list[int]:
+    """Niceness of the writer's threads named `prefix`…, once the writer reniced them."""
     deadline = time.monotonic() + timeout_s
     while True:
         tasks = [t for t in Path(f"/proc/{writer_pid}/task").iterdir()
-                 if (t / "comm").read_text().startswith("MergeMutate")]  # fmt: skip
+                 if (t / "comm").read_text().startswith(prefix)]  # fmt: skip
         nices = sorted(nice_of(t.name) for t in tasks)
         if (nices and nices[0] != nice_of(writer_pid)) or time.monotonic() > deadline:
             return nices
@@ -213,8 +213,9 @@ def merge_thread_nices(writer_pid: str, timeout_s: float = 10.0) -> list[int]:
 
 
 def test_killed_worker_is_restarted_and_the_node_keeps_serving(tmp_path: Path) -> None:
-    """Also: fronts, the restarted one included, run INGEST_FRONT_NICE nicer than the writer, and
-    the writer's merge threads INGEST_MERGE_NICE nicer."""
+    """Also: fronts, the restarted one included, run INGEST_FRONT_NICE nicer than the writer, the
+    writer's merge threads INGEST_MERGE_NICE nicer, and the thread that calls the store
+    INGEST_STORE_NICE nicer."""
     data_dir = tmp_path / "data"
     node = Node(data_dir, env={"INGEST_FRONT_NICE": "7"}).start()
     key = setup_key(data_dir)
@@ -228,8 +229,10 @@ def test_killed_worker_is_restarted_and_the_node_keeps_serving(tmp_path: Path) -
         base = nice_of(node.process.pid)
         assert nice_of(writer[0]) == base
         assert [nice_of(pid) for pid in children] == [min(base + 7, 19)] * 2
-        merge_nices = merge_thread_nices(writer[0])
+        merge_nices = thread_nices(writer[0], "MergeMutate")
         assert merge_nices and set(merge_nices) == {min(base + 10, 19)}  # INGEST_MERGE_NICE default
+        store_nices = thread_nices(writer[0], "foglamp-store")  # and threads the store started from it
+        assert store_nices and set(store_nices) == {min(base + 4, 19)}  # INGEST_STORE_NICE default
         subprocess.run(["kill", "-9", children[0]], check=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

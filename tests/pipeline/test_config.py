@@ -34,7 +34,10 @@ def test_bad_values_are_refused_with_the_variable_named(environ: dict[str, str],
         load_config(environ)
 
 
-def test_priorities_default_to_nicer_merges_only() -> None:
+def test_priorities_default_to_nicer_store_work_only() -> None:
     config = load_config({})
-    assert (config.front_nice, config.merge_nice) == (0, 10)
+    assert (config.front_nice, config.store_nice, config.merge_nice) == (0, 4, 10)
     assert load_config({"INGEST_MERGE_NICE": "0"}).merge_nice == 0
+    assert load_config({"INGEST_STORE_NICE": "0"}).store_nice == 0
+    with pytest.raises(ConfigError, match="INGEST_STORE_NICE must be in 0..19"):
+        load_config({"INGEST_STORE_NICE": "20"})
