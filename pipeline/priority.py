@@ -6,15 +6,17 @@ wait for idle CPU. Linux niceness is per thread, and a process may always make i
 children nicer (never less nice without privileges), so both knobs only ever lower a priority:
 
     INGEST_FRONT_NICE (default 0)    front workers, relative to the supervisor
-    INGEST_STORE_NICE (default 4)    the embedded store's inserts and queries, relative to the writer
+    INGEST_STORE_NICE (default 4)    the embedded store's calls, relative to the writer (not the
+                                     inserts of a backed-up spool)
     INGEST_MERGE_NICE (default 10)   the embedded store's merge threads, relative to the writer
 
 Measured (docs/PERFORMANCE.md): merges at nice 10 lowered the p99 of 202s at 80 % load and
 raised the stored spans/s; nicer fronts raised spans/s but starved requests (p99 ~1 s), hence 0.
-Inserts at nice 4 (the thread that calls the store, and ClickHouse's query pipeline threads)
-lowered that p99 again and raised the stored spans/s by about a tenth: a front answers a request
-without being preempted by the insert in the middle of it, and the insert still gets most of a
-core (nice 4 weighs ~40 % of nice 0) and all of the idle CPU.
+Inserts at nice 4 (the thread that calls the store, where the embedded ClickHouse does much of
+an insert, and the pool threads it starts) lowered that p99 several-fold: a front answers a
+request without being preempted by an insert in the middle of it, and the insert still gets all
+of the idle CPU. But when the spool is backed up, the one insert stream is the node's bottleneck;
+then the flush inserts through a second store thread at the writer's own priority ("urgent").
 Under a load that saturates the CPU for long, merges lag and parts accumulate, until
 ClickHouse's own `parts_to_delay_insert` slows inserts, which the spool turns into 503s.
 
@@ -34,10 +36,8 @@ from pipeline.log import get_logger
 
 log = get_logger("priority")
 
-# Thread names (Linux `comm`) of the embedded ClickHouse's merge and mutation pool, and of the
-# pools that run the pipelines of its queries (inserts included).
+# Thread names (Linux `comm`) of the embedded ClickHouse's merge and mutation pool.
 MERGE_THREAD_PREFIXES = ("MergeMutate",)
-QUERY_THREAD_PREFIXES = ("QueryPipelineEx", "QueryPushPipeEx", "QueryPullPipeEx", "ThreadPool")
 
 
 def renice_process(pid: int, increment: int) -> None:

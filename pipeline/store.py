@@ -125,14 +125,14 @@ class StoreThread:
     awaiting task is cancelled, as with `trio.to_thread.run_sync`.
     """
 
-    def __init__(self, nice: int = 0) -> None:
+    def __init__(self, nice: int = 0, name: str = "foglamp-store") -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Callable[[outcome.Outcome], None]] | None]
         self._jobs = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, args=(nice,), name="foglamp-store", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(nice, name), name=name, daemon=True)
         self._thread.start()
 
-    def _serve(self, nice: int) -> None:
-        name_this_thread("foglamp-store")
+    def _serve(self, nice: int, name: str) -> None:
+        name_this_thread(name)
         if nice:
             renice_this_thread(nice)
         while (job := self._jobs.get()) is not None:
@@ -154,8 +154,9 @@ class StoreThread:
 
 
 class AsyncStore:
-    """A `Store` for trio code: opened lazily, one call at a time, each in the store's own thread
-    (`StoreThread`, at `thread_nice`).
+    """A `Store` for trio code: opened lazily, one call at a time, each in one of the store's own
+    threads (`StoreThread`): "foglamp-store" at `thread_nice`, or, for an urgent insert (the
+    flush is behind), "foglamp-urgent" at the writer's priority.
 
     Resource handling: owns the store it opens and its thread; `close()` releases both. The store
     is (re)opened on the first call that needs it, and `setup` statements (the schema) run right
@@ -170,7 +171,7 @@ class AsyncStore:
         self._store: Store | None = None
         self._lock = trio.Lock()
         self._thread_nice = thread_nice
-        self._thread: StoreThread | None = None
+        self._threads: dict[bool, StoreThread] = {}  # urgent → its thread, started on first use
 
     def _connected(self) -> Store:
         if self._store is None:
@@ -189,11 +190,15 @@ class AsyncStore:
             self._store = store
         return self._store
 
-    async def _run(self, fn: Callable[[Store], T]) -> T:
+    def _thread(self, urgent: bool) -> StoreThread:
+        if urgent not in self._threads:
+            self._threads[urgent] = (StoreThread(0, "foglamp-urgent") if urgent
+                                     else StoreThread(self._thread_nice, "foglamp-store"))  # fmt: skip
+        return self._threads[urgent]
+
+    async def _run(self, fn: Callable[[Store], T], *, urgent: bool = False) -> T:
         async with self._lock:
-            if self._thread is None:
-                self._thread = StoreThread(self._thread_nice)
-            return await self._thread.run(lambda: fn(self._connected()))
+            return await self._thread(urgent).run(lambda: fn(self._connected()))
 
     async def connect(self) -> None:
         await self._run(lambda store: None)
@@ -201,17 +206,19 @@ class AsyncStore:
     async def command(self, sql: str) -> None:
         await self._run(lambda store: store.command(sql))
 
-    async def insert_msgpack(self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str) -> None:
-        await self._run(lambda s: s.insert_msgpack(table, columns, data, dedup_token=dedup_token))
+    async def insert_msgpack(
+        self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str, urgent: bool = False
+    ) -> None:
+        await self._run(lambda s: s.insert_msgpack(table, columns, data, dedup_token=dedup_token), urgent=urgent)
 
     async def query(self, sql: str, fmt: str) -> bytes:
         return await self._run(lambda store: store.query(sql, fmt))
 
     async def close(self) -> None:
         async with self._lock:
-            if self._store is not None and self._thread is not None:
-                await self._thread.run(self._store.close)
+            if self._store is not None:
+                await self._thread(False).run(self._store.close)
                 self._store = None
-            if self._thread is not None:
-                self._thread.stop()
-                self._thread = None
+            for thread in self._threads.values():
+                thread.stop()
+            self._threads.clear()

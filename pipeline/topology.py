@@ -47,7 +47,7 @@ from pipeline.messages import (
     WriterInbound,
     decode_record,
 )
-from pipeline.priority import MERGE_THREAD_PREFIXES, QUERY_THREAD_PREFIXES, keep_threads_nice
+from pipeline.priority import MERGE_THREAD_PREFIXES, keep_threads_nice
 from pipeline.spool import Spool
 from stages.admission import QuotaLedger, RateLimiter, month_of
 from stages.flush import FlushHealth, run_flush, status_reply
@@ -120,8 +120,8 @@ async def run_writer(config: Config) -> None:
     def clock() -> float:
         return time.time() + config.clock_offset_s
 
-    async def insert(table: str, rows: list[memoryview], token: str) -> None:
-        await store.insert_msgpack(f"`{database}`.`{table}`", COLUMN_NAMES, rows, dedup_token=token)
+    async def insert(table: str, rows: list[memoryview], token: str, urgent: bool) -> None:
+        await store.insert_msgpack(f"`{database}`.`{table}`", COLUMN_NAMES, rows, dedup_token=token, urgent=urgent)
 
     def backed_up() -> bool:
         return spool.pending_bytes() >= config.spool_high_water_bytes
@@ -185,8 +185,7 @@ async def run_writer(config: Config) -> None:
         nursery.start_soon(metrics.sample_channels, {"spool": spool_send}, spool_gauges)
         nursery.start_soon(sample_active_parts, store, database)
         if embedded:
-            nursery.start_soon(keep_threads_nice, {MERGE_THREAD_PREFIXES: config.merge_nice,
-                                                   QUERY_THREAD_PREFIXES: config.store_nice})  # fmt: skip
+            nursery.start_soon(keep_threads_nice, {MERGE_THREAD_PREFIXES: config.merge_nice})
         print("READY", flush=True)  # the supervisor starts the fronts on this line
         log.info("writer_ready", spool_pending_bytes=spool.pending_bytes())
         await stdin_closed()  # the supervisor's order, given once every front is gone

@@ -39,8 +39,8 @@ from stages.spool import FlushSignal
 
 log = get_logger("flush")
 
-# (table, rows in COLUMNS order as consecutive buffers, dedup token)
-Insert = Callable[[str, list[memoryview], str], Awaitable[None]]
+# (table, rows in COLUMNS order as consecutive buffers, dedup token, urgent: the spool is backed up)
+Insert = Callable[[str, list[memoryview], str, bool], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -131,7 +131,7 @@ async def _flush_all(
         backed_up = spool.pending_bytes() - sum(map(len, records)) >= config.flush_max_bytes
         ahead = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_insert_or_deadletter, config, insert, block, health)
+            nursery.start_soon(_insert_or_deadletter, config, insert, block, health, backed_up)
             if backed_up:
                 ahead = await trio.to_thread.run_sync(read, end)
         for org_id, spans, month in block.charges:
@@ -141,31 +141,33 @@ async def _flush_all(
         records, end = ahead if ahead is not None else await trio.to_thread.run_sync(read, cursor)
 
 
-async def _insert_or_deadletter(config: Config, insert: Insert, block: Block, health: FlushHealth) -> None:
+async def _insert_or_deadletter(
+    config: Config, insert: Insert, block: Block, health: FlushHealth, urgent: bool = False
+) -> None:
     """Insert the block; if the store refuses it, insert its batches one by one so that only the
     refused ones go to the dead-letter directory."""
     try:
-        await _insert_with_retry(config, insert, block, health)
+        await _insert_with_retry(config, insert, block, health, urgent)
         return
     except PermanentError as exc:
         refused = exc
     if len(block.records) > 1:
         log.warning("flush_block_refused_splitting", error=str(refused), records=len(block.records))
         for i, record in enumerate(block.records):
-            await _insert_or_deadletter(config, insert, make_block(f"{block.token}#{i}", [record]), health)
+            await _insert_or_deadletter(config, insert, make_block(f"{block.token}#{i}", [record]), health, urgent)
         return
     path = write_deadletter(config.data_dir / "deadletter", block)
     health.deadlettered_records += 1
     log.error("flush_rejected", error=str(refused), rows=block.row_count, deadletter=str(path))
 
 
-async def _insert_with_retry(config: Config, insert: Insert, block: Block, health: FlushHealth) -> None:
+async def _insert_with_retry(config: Config, insert: Insert, block: Block, health: FlushHealth, urgent: bool) -> None:
     """Insert, retrying retryable failures forever with capped backoff; PermanentError propagates."""
     attempt = 0
     while True:
         started = time.perf_counter()
         try:
-            await insert(TABLE, block.rows, block.token)
+            await insert(TABLE, block.rows, block.token, urgent)
         except RetryableError as exc:
             health.store_ok, health.last_error = False, str(exc)
             health.failures += 1

@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -144,7 +146,7 @@ async def _flush_once(config: Config, spool: Spool, store: AsyncStore, health: F
     signal = FlushSignal()
     signal.end()  # one final flush of everything, then return
 
-    async def insert(table: str, rows: bytes, token: str) -> None:
+    async def insert(table: str, rows: bytes, token: str, urgent: bool) -> None:
         await store.insert_msgpack(f"foglamp.{table}", COLUMN_NAMES, rows, dedup_token=token)
 
     await run_flush(config, spool, insert, QuotaLedger(), signal, health)
@@ -165,6 +167,31 @@ async def test_flush_inserts_every_spooled_row_once_even_when_replayed(tmp_path:
     await store.command(f"OPTIMIZE TABLE foglamp.{TABLE} FINAL")
     out = await store.query(f"SELECT count() AS c, sum(total_cost) AS cost FROM foglamp.{TABLE}", "json")
     assert json.loads(out) == {"c": 20, "cost": pytest.approx(20 * 0.3)}
+    await store.close()
+
+
+async def test_a_backed_up_spool_is_flushed_with_urgent_inserts(tmp_path: Path, store_dir: Path) -> None:
+    """Urgent inserts (a whole further block waits) run in the store's writer-priority thread, the
+    others in its nicer one; every row arrives either way."""
+    records = [encode_record("org", 5, 202611, _rows(5, trace=f"t{i}")) for i in range(6)]
+    config = Config(data_dir=tmp_path, flush_interval_ms=50, flush_max_bytes=len(records[0]) * 2)  # 3 blocks
+    store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"), thread_nice=3)
+    calls: list[tuple[bool, int]] = []
+
+    async def insert(table: str, rows: list, token: str, urgent: bool) -> None:
+        await store.insert_msgpack(f"foglamp.{table}", COLUMN_NAMES, rows, dedup_token=token, urgent=urgent)
+        calls.append((urgent, await store._run(lambda _: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
+                                               urgent=urgent)))  # fmt: skip
+
+    signal = FlushSignal()
+    signal.end()
+    with Spool.open(tmp_path / "spool") as spool:
+        spool.append(records)
+        await run_flush(config, spool, insert, QuotaLedger(), signal, FlushHealth())
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert calls == [(True, base), (True, base), (False, min(base + 3, 19))]
+    out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE}", "json")
+    assert json.loads(out) == {"c": 30}
     await store.close()
 
 
