@@ -89,14 +89,13 @@ def renice_this_thread(increment: int) -> None:
         log.warning("renice_failed", thread=threading.current_thread().name, error=str(exc))
 
 
-async def keep_threads_nice(increments: dict[tuple[str, ...], int], interval_s: float = 1.0) -> None:
-    """Renice the store's threads, by name prefixes, now and whenever its pools start new ones;
+async def keep_threads_nice(prefixes: tuple[str, ...], increment: int, interval_s: float = 1.0) -> None:
+    """Renice the store's threads named `prefixes`… now and whenever its pools start new ones;
     runs until cancelled."""
-    done: dict[tuple[str, ...], set[int]] = {prefixes: set() for prefixes in increments}
+    done: set[int] = set()
     while True:
-        for prefixes, increment in increments.items():
-            if increment and renice_threads(prefixes, increment, done[prefixes]):
-                log.debug("threads_reniced", prefixes=prefixes, threads=len(done[prefixes]), nice=increment)
+        if renice_threads(prefixes, increment, done):
+            log.debug("threads_reniced", prefixes=prefixes, threads=len(done), nice=increment)
         await trio.sleep(interval_s)
 
 

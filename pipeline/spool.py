@@ -70,13 +70,6 @@ def _segment_header(seq: int) -> bytes:
     return head + _CRC.pack(zlib.crc32(head))
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
@@ -371,7 +364,7 @@ class Spool:
         fd = os.open(self._seg_path(seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._wseq = seq  # burnt even if the header write fails: never reuse a name
         try:
-            _pwrite_all(fd, _segment_header(seq), 0)
+            _pwritev_all(fd, [_segment_header(seq)], 0)
         except BaseException:
             os.close(fd)
             raise
@@ -481,7 +474,7 @@ class Spool:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
-                    _pwrite_all(fd, data, 0)
+                    _pwritev_all(fd, [data], 0)
                     self._sync(fd)
                 finally:
                     os.close(fd)

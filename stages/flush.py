@@ -142,7 +142,7 @@ async def _flush_all(
 
 
 async def _insert_or_deadletter(
-    config: Config, insert: Insert, block: Block, health: FlushHealth, urgent: bool = False
+    config: Config, insert: Insert, block: Block, health: FlushHealth, urgent: bool
 ) -> None:
     """Insert the block; if the store refuses it, insert its batches one by one so that only the
     refused ones go to the dead-letter directory."""

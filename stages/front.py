@@ -143,7 +143,8 @@ class IngestHandler:
             return 415, {"error": "unsupported_media_type"}, {}
         limit = self.config.max_body_bytes
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        expected = int(declared) if declared.isdigit() else None  # None: chunked
+        if expected is not None and expected > limit:
             return too_large(limit)
         # Shed load before asking the writer or reading the body: while a request waits, the
         # server buffers its body, so the in-flight cap is what bounds a worker's memory.
@@ -158,7 +159,6 @@ class IngestHandler:
             limit_headers = rate_limit_headers(admit)
             if not admit.allowed:
                 return 429, {"error": "rate_limited"}, {"Retry-After": str(admit.retry_after_s), **limit_headers}
-            expected = int(declared) if declared.isdigit() else None
             return await self.accept(receive, key, media, encoding, limit_headers, expected)
         finally:
             self.in_flight -= 1

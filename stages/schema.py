@@ -69,7 +69,6 @@ COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 TABLE = "spans"
 MERGE_SELECTOR_BASE = 10
 
-# Re-applied at every start (ALTER ... MODIFY SETTING), so existing tables follow a change here.
 TABLE_SETTINGS = f"merge_selector_base = {MERGE_SELECTOR_BASE}"
 
 
