@@ -6,8 +6,8 @@ wait for idle CPU. Linux niceness is per thread, and a process may always make i
 children nicer (never less nice without privileges), so both knobs only ever lower a priority:
 
     INGEST_FRONT_NICE (default 0)    front workers, relative to the supervisor
-    INGEST_STORE_NICE (default 4)    the embedded store's calls, relative to the writer (not the
-                                     inserts of a backed-up spool)
+    INGEST_STORE_NICE (default 4)    the embedded store's threads, relative to the writer (not
+                                     while the spool is backed up)
     INGEST_MERGE_NICE (default 10)   the embedded store's merge threads, relative to the writer
 
 Measured (docs/PERFORMANCE.md): merges at nice 10 lowered the p99 of 202s at 80 % load and
@@ -16,7 +16,9 @@ Inserts at nice 4 (the thread that calls the store, where the embedded ClickHous
 an insert, and the pool threads it starts) lowered that p99 several-fold: a front answers a
 request without being preempted by an insert in the middle of it, and the insert still gets all
 of the idle CPU. But when the spool is backed up, the one insert stream is the node's bottleneck;
-then the flush inserts through a second store thread at the writer's own priority ("urgent").
+then ("urgent" inserts) the store's threads run at the writer's own priority until it catches up
+(`StorePriority`). Making a thread less nice needs CAP_SYS_NICE (or RLIMIT_NICE); without it the
+store's threads stay at INGEST_STORE_NICE, and a warning says so once.
 Under a load that saturates the CPU for long, merges lag and parts accumulate, until
 ClickHouse's own `parts_to_delay_insert` slows inserts, which the spool turns into 503s.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Collection
 from pathlib import Path
 
 import trio
@@ -38,6 +41,9 @@ log = get_logger("priority")
 
 # Thread names (Linux `comm`) of the embedded ClickHouse's merge and mutation pool.
 MERGE_THREAD_PREFIXES = ("MergeMutate",)
+# ... and of the threads that do an insert's work: the store's own thread ("foglamp-store"), threads
+# started from it before ClickHouse names them, and the query pipeline's pools.
+STORE_THREAD_PREFIXES = ("foglamp-store", "Query", "ThreadPool")
 
 
 def renice_process(pid: int, increment: int) -> None:
@@ -48,25 +54,25 @@ def renice_process(pid: int, increment: int) -> None:
         log.warning("renice_failed", pid=pid, error=str(exc))
 
 
-def renice_threads(prefixes: tuple[str, ...], increment: int, done: set[int]) -> int:
-    """Make this process's threads whose name starts with one of `prefixes` `increment` nicer
-    than the process; threads in `done` are skipped and new ones added. Returns how many changed."""
+def renice_threads(prefixes: tuple[str, ...], increment: int, skip: Collection[int] = ()) -> list[int]:
+    """Set this process's threads whose name starts with one of `prefixes` (except those in `skip`)
+    to `increment` nicer than the process; returns their ids. Raises PermissionError when the system
+    refuses (making a thread less nice than it is needs CAP_SYS_NICE or RLIMIT_NICE)."""
     target = _nicer(os.getpriority(os.PRIO_PROCESS, os.getpid()), increment)
-    changed = 0
+    changed = []
     try:
         tasks = list(Path("/proc/self/task").iterdir())
     except OSError:  # no /proc (not Linux): threads cannot be told apart, nothing to do
-        return 0
+        return changed
     for task in tasks:
         tid = int(task.name)
-        if tid in done:
+        if tid in skip:
             continue
         try:
             if (task / "comm").read_text().strip().startswith(prefixes):
                 os.setpriority(os.PRIO_PROCESS, tid, target)
-                done.add(tid)
-                changed += 1
-        except OSError:  # the thread ended meanwhile, or the system refused
+                changed.append(tid)
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
             continue
     return changed
 
@@ -94,9 +100,40 @@ async def keep_threads_nice(prefixes: tuple[str, ...], increment: int, interval_
     runs until cancelled."""
     done: set[int] = set()
     while True:
-        if renice_threads(prefixes, increment, done):
-            log.debug("threads_reniced", prefixes=prefixes, threads=len(done), nice=increment)
+        try:
+            if changed := renice_threads(prefixes, increment, done):
+                done.update(changed)
+                log.debug("threads_reniced", prefixes=prefixes, threads=len(done), nice=increment)
+        except PermissionError as exc:
+            log.warning("renice_failed", prefixes=prefixes, error=str(exc))
+            return
         await trio.sleep(interval_s)
+
+
+class StorePriority:
+    """The niceness of the store's threads (`STORE_THREAD_PREFIXES`): `nice` (INGEST_STORE_NICE)
+    normally, the writer's own while the spool is backed up. `set` is called in the store's thread
+    before each insert; it renices only when the state changes (a scan of `/proc/self/task`).
+
+    Error handling: where threads cannot be made less nice (no CAP_SYS_NICE), a warning is logged
+    once and they stay at `nice` from then on.
+    """
+
+    def __init__(self, nice: int) -> None:
+        self.nice = nice
+        self.urgent = False
+        self._fixed = nice == 0  # nothing to switch
+
+    def set(self, urgent: bool) -> None:
+        if urgent == self.urgent or self._fixed:
+            return
+        try:
+            renice_threads(STORE_THREAD_PREFIXES, 0 if urgent else self.nice)
+        except PermissionError as exc:
+            self._fixed = True
+            log.warning("store_priority_fixed", nice=self.nice, error=str(exc))
+            return
+        self.urgent = urgent
 
 
 def _nicer(current: int, increment: int) -> int:

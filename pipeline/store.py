@@ -29,7 +29,7 @@ import trio
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from pipeline.errors import PermanentError, RetryableError
-from pipeline.priority import name_this_thread, renice_this_thread
+from pipeline.priority import StorePriority, name_this_thread, renice_this_thread
 
 T = TypeVar("T")
 # Rows in `FORMAT MsgPack`: one buffer, or several inserted back to back as one block (no join).
@@ -154,9 +154,10 @@ class StoreThread:
 
 
 class AsyncStore:
-    """A `Store` for trio code: opened lazily, one call at a time, each in one of the store's own
-    threads (`StoreThread`): "foglamp-store" at `thread_nice`, or, for an urgent insert (the
-    flush is behind), "foglamp-urgent" at the writer's priority.
+    """A `Store` for trio code: opened lazily, one call at a time, each in the store's own thread
+    (`StoreThread`, "foglamp-store"). Its threads run at `thread_nice`, or at the writer's own
+    priority from an urgent insert (the flush is behind) until the next insert that is not
+    (`StorePriority`).
 
     Resource handling: owns the store it opens and its thread; `close()` releases both. The store
     is (re)opened on the first call that needs it, and `setup` statements (the schema) run right
@@ -170,8 +171,8 @@ class AsyncStore:
         self._setup = list(setup)
         self._store: Store | None = None
         self._lock = trio.Lock()
-        self._thread_nice = thread_nice
-        self._threads: dict[bool, StoreThread] = {}  # urgent → its thread, started on first use
+        self._priority = StorePriority(thread_nice)
+        self._thread: StoreThread | None = None  # started on first use
 
     def _connected(self) -> Store:
         if self._store is None:
@@ -190,15 +191,18 @@ class AsyncStore:
             self._store = store
         return self._store
 
-    def _thread(self, urgent: bool) -> StoreThread:
-        if urgent not in self._threads:
-            self._threads[urgent] = (StoreThread(0, "foglamp-urgent") if urgent
-                                     else StoreThread(self._thread_nice, "foglamp-store"))  # fmt: skip
-        return self._threads[urgent]
+    async def _run(self, fn: Callable[[Store], T], *, urgent: bool | None = None) -> T:
+        """`fn(store)` in the store's thread; an insert sets the store's priority (`urgent`) first."""
 
-    async def _run(self, fn: Callable[[Store], T], *, urgent: bool = False) -> T:
+        def call() -> T:
+            if urgent is not None:
+                self._priority.set(urgent)
+            return fn(self._connected())
+
         async with self._lock:
-            return await self._thread(urgent).run(lambda: fn(self._connected()))
+            if self._thread is None:
+                self._thread = StoreThread(self._priority.nice)
+            return await self._thread.run(call)
 
     async def connect(self) -> None:
         await self._run(lambda store: None)
@@ -217,8 +221,9 @@ class AsyncStore:
     async def close(self) -> None:
         async with self._lock:
             if self._store is not None:
-                await self._thread(False).run(self._store.close)
+                assert self._thread is not None  # the store was opened in it
+                await self._thread.run(self._store.close)
                 self._store = None
-            for thread in self._threads.values():
-                thread.stop()
-            self._threads.clear()
+            if self._thread is not None:
+                self._thread.stop()
+                self._thread = None

@@ -170,18 +170,25 @@ async def test_flush_inserts_every_spooled_row_once_even_when_replayed(tmp_path:
     await store.close()
 
 
+def _thread_nices(prefixes: tuple[str, ...]) -> set[int]:
+    """Niceness of this process's threads named `prefixes`…"""
+    tasks = [t for t in Path("/proc/self/task").iterdir() if (t / "comm").read_text().startswith(prefixes)]
+    return {os.getpriority(os.PRIO_PROCESS, int(t.name)) for t in tasks}
+
+
 async def test_a_backed_up_spool_is_flushed_with_urgent_inserts(tmp_path: Path, store_dir: Path) -> None:
-    """Urgent inserts (a whole further block waits) run in the store's writer-priority thread, the
-    others in its nicer one; every row arrives either way."""
+    """Urgent inserts (a whole further block waits) run with the store's threads at the writer's
+    priority, the others at the store's niceness; every row arrives either way."""
     records = [encode_record("org", 5, 202611, _rows(5, trace=f"t{i}")) for i in range(6)]
     config = Config(data_dir=tmp_path, flush_interval_ms=50, flush_max_bytes=len(records[0]) * 2)  # 3 blocks
     store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"), thread_nice=3)
-    calls: list[tuple[bool, int]] = []
+    calls: list[tuple[bool, int, set[int]]] = []
 
     async def insert(table: str, rows: list, token: str, urgent: bool) -> None:
         await store.insert_msgpack(f"foglamp.{table}", COLUMN_NAMES, rows, dedup_token=token, urgent=urgent)
-        calls.append((urgent, await store._run(lambda _: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
-                                               urgent=urgent)))  # fmt: skip
+        # After the insert, in the store's thread: its own niceness and that of the pool threads.
+        own = await store._run(lambda _: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        calls.append((urgent, own, _thread_nices(("Query", "ThreadPool"))))  # the embedded ClickHouse's pools
 
     signal = FlushSignal()
     signal.end()
@@ -189,7 +196,9 @@ async def test_a_backed_up_spool_is_flushed_with_urgent_inserts(tmp_path: Path, 
         spool.append(records)
         await run_flush(config, spool, insert, QuotaLedger(), signal, FlushHealth())
     base = os.getpriority(os.PRIO_PROCESS, os.getpid())
-    assert calls == [(True, base), (True, base), (False, min(base + 3, 19))]
+    nicer = min(base + 3, 19)
+    assert [(urgent, own) for urgent, own, _ in calls] == [(True, base), (True, base), (False, nicer)]
+    assert calls[0][2] == {base} and calls[2][2] == {nicer}  # the insert's pool threads follow
     out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE}", "json")
     assert json.loads(out) == {"c": 30}
     await store.close()
