@@ -5,7 +5,7 @@ of opaque payloads to `append` (one write, one fsync); the flusher `read`s from 
 into the store, then `checkpoint`s "everything before P is flushed" with an opaque state blob.
 Segments wholly before the checkpoint are deleted; on open, everything after it is read again.
 
-On disk (integers little-endian, crc32 is zlib's):
+On disk (integers little-endian, crc32 is zlib's, computed with ISA-L's SIMD version):
 
     <dir>/<seq:020d>.seg  b"FGLSPOOL" | u32 version | u64 seq | u32 crc32(those 20 bytes)
                           then records: u32 length (> 0) | u32 crc32(payload) | payload
@@ -26,7 +26,6 @@ import os
 import re
 import struct
 import threading
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from types import TracebackType
 from typing import Self
 
 import msgpack
+from isal.isal_zlib import crc32  # zlib's crc32, ~15x faster: every spooled byte is summed twice
 
 from pipeline.errors import ConfigError, PermanentError, RetryableError
 from pipeline.log import get_logger
@@ -67,7 +67,7 @@ BEGINNING = Position(0, 0)  # before every segment: the checkpoint of a spool ne
 
 def _segment_header(seq: int) -> bytes:
     head = _SEG_HEAD.pack(_SEG_MAGIC, FORMAT_VERSION, seq)
-    return head + _CRC.pack(zlib.crc32(head))
+    return head + _CRC.pack(crc32(head))
 
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
@@ -137,7 +137,7 @@ def _scan(
         payload = get(offset + RECORD_OVERHEAD, length)
         if len(payload) < length:
             return out, offset, taken, "short read"
-        if zlib.crc32(payload) != crc:
+        if crc32(payload) != crc:
             return out, offset, taken, "checksum mismatch"
         if keep:
             out.append(payload)
@@ -292,7 +292,7 @@ class Spool:
         try:
             magic, length, crc = _CKPT_HEAD.unpack_from(data)
             body = data[_CKPT_HEAD.size : _CKPT_HEAD.size + length]
-            if magic != _CKPT_MAGIC or len(body) != length or zlib.crc32(body) != crc:
+            if magic != _CKPT_MAGIC or len(body) != length or crc32(body) != crc:
                 raise ValueError("bad magic, length or checksum")
             fields = msgpack.unpackb(body, raw=False)
             if fields["v"] != 1:
@@ -319,7 +319,7 @@ class Spool:
         for payload in payloads:
             if not 0 < len(payload) <= _MAX_PAYLOAD:
                 raise ValueError(f"spool payload length {len(payload)} out of range")
-            frames += (_REC_HEAD.pack(len(payload), zlib.crc32(payload)), payload)
+            frames += (_REC_HEAD.pack(len(payload), crc32(payload)), payload)
         with self._append_lock:
             self._check_open()
             if not frames:
@@ -469,7 +469,7 @@ class Spool:
                 {"v": 1, "segment": position.segment, "offset": position.offset, "state": state},
                 use_bin_type=True,
             )
-            data = _CKPT_HEAD.pack(_CKPT_MAGIC, len(body), zlib.crc32(body)) + body
+            data = _CKPT_HEAD.pack(_CKPT_MAGIC, len(body), crc32(body)) + body
             tmp = self._dir / "checkpoint.tmp"
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

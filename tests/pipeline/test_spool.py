@@ -7,10 +7,12 @@ import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,18 @@ def test_round_trip(spool_dir: Path) -> None:
         assert end == spool.end == Position(1, HEADER_SIZE + RECORD_OVERHEAD + 5)
         assert spool.read(BEGINNING, max_bytes=100) == ([b"hello"], end)
         assert spool.read(end, max_bytes=100) == ([], end)
+
+
+def test_the_on_disk_format_sums_with_zlibs_crc32(spool_dir: Path) -> None:
+    """The checksums come from ISA-L, but they are zlib's crc32: spools stay readable either way."""
+    payload = os.urandom(300_000)
+    with Spool.open(spool_dir) as spool:
+        spool.append([payload])
+    data = next(spool_dir.glob("*.seg")).read_bytes()
+    assert zlib.crc32(data[: HEADER_SIZE - 4]) == struct.unpack_from("<I", data, HEADER_SIZE - 4)[0]
+    length, crc = struct.unpack_from("<II", data, HEADER_SIZE)
+    assert length == len(payload) and data[HEADER_SIZE + RECORD_OVERHEAD :] == payload
+    assert crc == zlib.crc32(payload)
 
 
 def test_group_append_is_one_fsync_and_returns_the_end(spool_dir: Path) -> None:
