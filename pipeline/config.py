@@ -64,6 +64,9 @@ class Config:
     flush_interval_ms: int = 1000
     flush_max_rows: int = 50_000
     flush_max_bytes: int = 32 * MiB
+    # Blocks inserted at once while the spool is backed up (a whole further block waits); each
+    # one holds its block and the store's working memory for it.
+    flush_parallel_inserts: int = 2
     flush_retry_max_s: float = 30.0
     spool_max_bytes: int = 1024 * MiB
     # Backpressure before the cap: while more than this waits to be flushed (8 flush blocks, about
@@ -172,7 +175,7 @@ def _check(config: Config) -> None:
         "max_issues", "validate_capacity", "price_capacity", "link_capacity", "spool_capacity",
         "flush_interval_ms", "flush_max_rows", "flush_max_bytes", "spool_max_bytes", "spool_segment_bytes",
         "rate_limit_rps", "drain_timeout_s", "enqueue_timeout_ms", "ack_timeout_ms", "max_inflight_requests",
-        "spool_high_water_bytes", "admit_max_wait_ms",
+        "spool_high_water_bytes", "admit_max_wait_ms", "flush_parallel_inserts",
     ]  # fmt: skip
     for name in positive:
         if getattr(config, name) <= 0:

@@ -112,8 +112,9 @@ async def keep_threads_nice(prefixes: tuple[str, ...], increment: int, interval_
 
 class StorePriority:
     """The niceness of the store's threads (`STORE_THREAD_PREFIXES`): `nice` (INGEST_STORE_NICE)
-    normally, the writer's own while the spool is backed up. `set` is called in the store's thread
-    before each insert; it renices only when the state changes (a scan of `/proc/self/task`).
+    normally, the writer's own while the spool is backed up. `set` is called in a store thread
+    before each insert (by several at once when inserts run in parallel: it takes a lock); it
+    renices only when the state changes (a scan of `/proc/self/task`).
 
     Error handling: where threads cannot be made less nice (no CAP_SYS_NICE), a warning is logged
     once and they stay at `nice` from then on.
@@ -123,17 +124,19 @@ class StorePriority:
         self.nice = nice
         self.urgent = False
         self._fixed = nice == 0  # nothing to switch
+        self._lock = threading.Lock()
 
     def set(self, urgent: bool) -> None:
-        if urgent == self.urgent or self._fixed:
-            return
-        try:
-            renice_threads(STORE_THREAD_PREFIXES, 0 if urgent else self.nice)
-        except PermissionError as exc:
-            self._fixed = True
-            log.warning("store_priority_fixed", nice=self.nice, error=str(exc))
-            return
-        self.urgent = urgent
+        with self._lock:
+            if urgent == self.urgent or self._fixed:
+                return
+            try:
+                renice_threads(STORE_THREAD_PREFIXES, 0 if urgent else self.nice)
+            except PermissionError as exc:
+                self._fixed = True
+                log.warning("store_priority_fixed", nice=self.nice, error=str(exc))
+                return
+            self.urgent = urgent
 
 
 def _nicer(current: int, increment: int) -> int:

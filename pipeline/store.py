@@ -153,29 +153,42 @@ class StoreThread:
         self._jobs.put(None)
 
 
-class AsyncStore:
-    """A `Store` for trio code: opened lazily, one call at a time, each in the store's own thread
-    (`StoreThread`, "foglamp-store"). Its threads run at `thread_nice`, or at the writer's own
-    priority from an urgent insert (the flush is behind) until the next insert that is not
-    (`StorePriority`).
+class _Lane:
+    """One handle on the store and the thread that calls it, one call at a time."""
 
-    Resource handling: owns the store it opens and its thread; `close()` releases both. The store
-    is (re)opened on the first call that needs it, and `setup` statements (the schema) run right
-    after each open, so a writer can start, and spool, while a ClickHouse server is still down.
+    def __init__(self, nice: int) -> None:
+        self.nice = nice
+        self.store: Store | None = None
+        self.thread: StoreThread | None = None  # started on first use
+        self.lock = trio.Lock()
+
+
+class AsyncStore:
+    """A `Store` for trio code: opened lazily, each call in a thread of the store's own
+    (`StoreThread`, "foglamp-store"). Queries and commands go through one handle, one at a time;
+    inserts through up to `inserts` handles at once (on the same store: one embedded engine, or one
+    server), each with its own thread. The store's threads run at `thread_nice`, or at the writer's
+    own priority from an urgent insert (the flush is behind) until the next insert that is not
+    (`StorePriority`, shared by every handle).
+
+    Resource handling: owns the handles it opens and their threads; `close()` releases them. A
+    handle is (re)opened on the first call that needs it, and `setup` statements (the schema) run
+    right after each open, so a writer can start, and spool, while a ClickHouse server is still down.
     Error handling: the store's `RetryableError` / `PermanentError` propagate unchanged; a failure
     to open is a `RetryableError`.
     """
 
-    def __init__(self, opener: Callable[[], Store], setup: Sequence[str] = (), *, thread_nice: int = 0) -> None:
+    def __init__(
+        self, opener: Callable[[], Store], setup: Sequence[str] = (), *, thread_nice: int = 0, inserts: int = 1
+    ) -> None:
         self._opener = opener
         self._setup = list(setup)
-        self._store: Store | None = None
-        self._lock = trio.Lock()
         self._priority = StorePriority(thread_nice)
-        self._thread: StoreThread | None = None  # started on first use
+        self._lanes = [_Lane(thread_nice) for _ in range(max(1, inserts))]
+        self._insert_slots = trio.Semaphore(len(self._lanes))
 
-    def _connected(self) -> Store:
-        if self._store is None:
+    def _connected(self, lane: _Lane) -> Store:
+        if lane.store is None:
             try:
                 store = self._opener()
             except (RetryableError, PermanentError):
@@ -188,21 +201,23 @@ class AsyncStore:
             except BaseException:
                 store.close()  # not kept: close it, or every failed attempt leaks a connection
                 raise
-            self._store = store
-        return self._store
+            lane.store = store
+        return lane.store
 
-    async def _run(self, fn: Callable[[Store], T], *, urgent: bool | None = None) -> T:
-        """`fn(store)` in the store's thread; an insert sets the store's priority (`urgent`) first."""
+    async def _run(self, fn: Callable[[Store], T], *, urgent: bool | None = None, lane: _Lane | None = None) -> T:
+        """`fn(store)` in a handle's thread (the first handle's unless `lane`); an insert sets the
+        store's priority (`urgent`) first."""
+        lane = lane or self._lanes[0]
 
         def call() -> T:
             if urgent is not None:
                 self._priority.set(urgent)
-            return fn(self._connected())
+            return fn(self._connected(lane))
 
-        async with self._lock:
-            if self._thread is None:
-                self._thread = StoreThread(self._priority.nice)
-            return await self._thread.run(call)
+        async with lane.lock:
+            if lane.thread is None:
+                lane.thread = StoreThread(lane.nice)
+            return await lane.thread.run(call)
 
     async def connect(self) -> None:
         await self._run(lambda store: None)
@@ -213,17 +228,22 @@ class AsyncStore:
     async def insert_msgpack(
         self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str, urgent: bool = False
     ) -> None:
-        await self._run(lambda s: s.insert_msgpack(table, columns, data, dedup_token=dedup_token), urgent=urgent)
+        """Insert through a free handle (see `inserts`); waits while all of them are busy."""
+        async with self._insert_slots:
+            lane = next((lane for lane in self._lanes if not lane.lock.locked()), self._lanes[0])
+            await self._run(lambda s: s.insert_msgpack(table, columns, data, dedup_token=dedup_token),
+                            urgent=urgent, lane=lane)  # fmt: skip
 
     async def query(self, sql: str, fmt: str) -> bytes:
         return await self._run(lambda store: store.query(sql, fmt))
 
     async def close(self) -> None:
-        async with self._lock:
-            if self._store is not None:
-                assert self._thread is not None  # the store was opened in it
-                await self._thread.run(self._store.close)
-                self._store = None
-            if self._thread is not None:
-                self._thread.stop()
-                self._thread = None
+        for lane in self._lanes:
+            async with lane.lock:
+                if lane.store is not None:
+                    assert lane.thread is not None  # the store was opened in it
+                    await lane.thread.run(lane.store.close)
+                    lane.store = None
+                if lane.thread is not None:
+                    lane.thread.stop()
+                    lane.thread = None

@@ -107,7 +107,8 @@ async def run_writer(config: Config) -> None:
     from pipeline.store import AsyncStore
     embedded = config.store_url.startswith("chdb://")  # the store's threads are this process's
     store = AsyncStore(functools.partial(store_opener, config), ddl(config.clickhouse_database),
-                       thread_nice=config.store_nice if embedded else 0)  # fmt: skip
+                       thread_nice=config.store_nice if embedded else 0,
+                       inserts=config.flush_parallel_inserts)  # fmt: skip
     await connect_once(store)
     spool = Spool.open(config.spool_dir, segment_max_bytes=config.spool_segment_bytes)
     flushed_ledger, ledger = replay_ledgers(spool)

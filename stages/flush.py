@@ -117,25 +117,37 @@ async def _flush_all(
     """Flush everything durable in the spool after `cursor`; return the new cursor.
 
     When a whole next block is already waiting (the spool is backed up), it is read while the
-    current one is inserted, so the store never waits for the spool; two blocks are held then
-    (2 × `flush_max_bytes`). Otherwise the next read waits for the insert, so that it takes
+    current one is inserted, so the store never waits for the spool, and inserted beside it (up to
+    `flush_parallel_inserts` blocks at once, checkpointed together once all are in); with one
+    insert at a time it waits, read ahead, for the next round. At most max(2, parallel) blocks are
+    held (× `flush_max_bytes`). Otherwise the next read waits for the insert, so that it takes
     everything that arrived meanwhile: blocks stay large, parts few."""
     read = functools.partial(spool.read, max_bytes=config.flush_max_bytes)
+    parallel = config.flush_parallel_inserts
     records, end = await trio.to_thread.run_sync(read, cursor)
     while True:
         if not records:
             if end != cursor:  # the spool skipped corrupt bytes: move the checkpoint past them
                 await trio.to_thread.run_sync(spool.checkpoint, end, flushed_ledger.to_bytes())
             return end
-        block = make_block(range_token(cursor, end), records)
-        backed_up = spool.pending_bytes() - sum(map(len, records)) >= config.flush_max_bytes
+        blocks = [make_block(range_token(cursor, end), records)]
+        held = sum(map(len, records))
+        backed_up = spool.pending_bytes() - held >= config.flush_max_bytes
         ahead = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_insert_or_deadletter, config, insert, block, health, backed_up)
-            if backed_up:
+            nursery.start_soon(_insert_or_deadletter, config, insert, blocks[0], health, backed_up)
+            while backed_up and len(blocks) < max(2, parallel):
                 ahead = await trio.to_thread.run_sync(read, end)
-        for org_id, spans, month in block.charges:
-            flushed_ledger.charge(org_id, spans, month)
+                if len(blocks) == parallel or not ahead[0]:
+                    break  # read ahead for the next round
+                (records, next_end), ahead = ahead, None
+                blocks.append(make_block(range_token(end, next_end), records))
+                nursery.start_soon(_insert_or_deadletter, config, insert, blocks[-1], health, True)
+                end, held = next_end, held + sum(map(len, records))
+                backed_up = spool.pending_bytes() - held >= config.flush_max_bytes
+        for block in blocks:
+            for org_id, spans, month in block.charges:
+                flushed_ledger.charge(org_id, spans, month)
         await trio.to_thread.run_sync(spool.checkpoint, end, flushed_ledger.to_bytes())
         cursor = end
         records, end = ahead if ahead is not None else await trio.to_thread.run_sync(read, cursor)

@@ -69,6 +69,13 @@ def overloaded(retry_after_s: int = 1) -> Answer:
     return 503, {"error": "overloaded"}, {"Retry-After": str(max(1, retry_after_s))}
 
 
+def shed() -> Answer:
+    """503 overloaded before the body is read: the connection is closed rather than kept, so the
+    server does not read and drop the body, and an overloaded worker holds fewer connections."""
+    status, body, headers = overloaded()
+    return status, body, {**headers, "Connection": "close"}
+
+
 def too_large(limit: int) -> Answer:
     return 413, {"error": "payload_too_large", "limit": limit}, {"Connection": "close"}
 
@@ -149,13 +156,13 @@ class IngestHandler:
         # Shed load before asking the writer or reading the body: while a request waits, the
         # server buffers its body, so the in-flight cap is what bounds a worker's memory.
         if self.in_flight >= self.config.max_inflight_requests:
-            return overloaded()
+            return shed()
         self.in_flight += 1
         try:
             rate = key.rate_limit_rps or self.config.rate_limit_rps
             admit = await call(self.link_send, Admit(0, key.id, rate), timeout_s=self.ack_timeout_s)
             if not isinstance(admit, AdmitReply):
-                return overloaded()
+                return shed()
             limit_headers = rate_limit_headers(admit)
             if not admit.allowed:
                 return 429, {"error": "rate_limited"}, {"Retry-After": str(admit.retry_after_s), **limit_headers}

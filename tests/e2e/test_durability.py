@@ -301,6 +301,7 @@ def test_a_worker_sheds_load_past_its_in_flight_cap_before_reading_the_body(tmp_
         thread.join()
         assert shed.status_code == 503 and shed.json() == {"error": "overloaded"}
         assert int(shed.headers["Retry-After"]) >= 1
+        assert shed.headers["Connection"] == "close"  # its body is never read: the connection goes
         assert results["slow"].status_code == 202  # the request holding the slot is unaffected
         assert node.post(spans_batch(f"t-{uuid.uuid4().hex}", 1), key=key).status_code == 202
     finally:

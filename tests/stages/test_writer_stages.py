@@ -25,7 +25,7 @@ from pipeline.messages import (
     encode,
     encode_record,
 )
-from pipeline.spool import Spool
+from pipeline.spool import Position, Spool
 from pipeline.store import AsyncStore, open_store
 from pipeline.testing import FaultyStore
 from stages.admission import QuotaLedger, RateLimiter, month_of
@@ -201,6 +201,47 @@ async def test_a_backed_up_spool_is_flushed_with_urgent_inserts(tmp_path: Path, 
     assert calls[0][2] == {base} and calls[2][2] == {nicer}  # the insert's pool threads follow
     out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE}", "json")
     assert json.loads(out) == {"c": 30}
+    await store.close()
+
+
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+async def test_a_backed_up_spool_is_inserted_in_parallel_and_checkpointed_once_all_are_in(
+    tmp_path: Path, store_dir: Path, parallel: int
+) -> None:
+    """Up to `flush_parallel_inserts` blocks at once, each through its own handle (thread) on the
+    same embedded store; the checkpoint moves past a round only when every block of it is in."""
+    records = [encode_record("org", 5, 202611, _rows(5, trace=f"p{parallel}-{i}")) for i in range(8)]
+    config = Config(data_dir=tmp_path, flush_interval_ms=50, flush_max_bytes=len(records[0]) * 2,
+                    flush_parallel_inserts=parallel)  # 4 blocks of 2 records  # fmt: skip
+    store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"), inserts=parallel)
+    running, most, checkpoints = 0, 0, []
+
+    async def insert(table: str, rows: list, token: str, urgent: bool) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await trio.sleep(0.05)  # long enough for every block of the round to start
+        try:
+            await store.insert_msgpack(f"foglamp.{table}", COLUMN_NAMES, rows, dedup_token=token, urgent=urgent)
+        finally:
+            running -= 1
+
+    class Watched(Spool):
+        def checkpoint(self, position: Position, state: bytes) -> None:
+            checkpoints.append((position, running))
+            super().checkpoint(position, state)
+
+    signal = FlushSignal()
+    signal.end()
+    with Watched.open(tmp_path / "spool") as spool:
+        spool.append(records)
+        await run_flush(config, spool, insert, QuotaLedger(), signal, FlushHealth())
+        assert spool.pending_bytes() == 0
+    assert most == parallel  # 4 blocks: the first round takes `parallel` of them at once
+    assert [lane.thread is not None for lane in store._lanes] == [True] * most  # a handle per insert
+    assert all(busy == 0 for _, busy in checkpoints)  # never past a block still being inserted
+    out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE} WHERE trace_id LIKE 'p{parallel}-%'", "json")
+    assert json.loads(out) == {"c": 40}
     await store.close()
 
 
