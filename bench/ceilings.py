@@ -148,8 +148,9 @@ def retry_after_seen() -> Iterator[dict[str, int]]:
 
 
 # --------------------------------------------------------------------------- raw store insert
-def raw_insert_child(rows_wanted: int, block_rows: int, spans_per_body: int = 100) -> dict:
-    """In this process: build ~`rows_wanted` node rows, insert them in `block_rows` blocks."""
+def raw_insert_child(rows_wanted: int, block_rows: int, streams: int = 1, spans_per_body: int = 100) -> dict:
+    """In this process: build ~`rows_wanted` node rows, insert them in `block_rows` blocks, through
+    `streams` handles at once (one thread each, blocks dealt round-robin)."""
     from bench.loadgen import BodyPool
     from pipeline.store import open_store
     from stages.price import PriceTable
@@ -171,32 +172,45 @@ def raw_insert_child(rows_wanted: int, block_rows: int, spans_per_body: int = 10
             parts, in_block = [], 0
     build_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="bench-chdb-") as tmp:
-        store = open_store(f"chdb://{Path(tmp, 'clickhouse').resolve()}")
+        url = f"chdb://{Path(tmp, 'clickhouse').resolve()}"
+        stores = [open_store(url) for _ in range(streams)]
         try:
             for statement in ddl("foglamp"):
-                store.command(statement)
+                stores[0].command(statement)
             target = f"foglamp.{TABLE}"
-            store.insert_msgpack(target, COLUMN_NAMES, warm_rows, dedup_token="warm-up")
-            times, cpu = [], time.process_time()  # process time: chDB's own threads included
-            for i, (data, _) in enumerate(blocks):
-                t = time.perf_counter()
-                store.insert_msgpack(target, COLUMN_NAMES, data, dedup_token=f"bench-{i}")
-                times.append(time.perf_counter() - t)
-            cpu = time.process_time() - cpu
-            stored = int(store.query(f"SELECT count() FROM {target}", "tsv").split()[-1])
+            for i, store in enumerate(stores):
+                store.insert_msgpack(target, COLUMN_NAMES, warm_rows, dedup_token=f"warm-up-{i}")
+            times: list[float] = [0.0] * len(blocks)
+
+            def insert_every(k: int) -> None:  # this stream's share of the blocks
+                for i in range(k, len(blocks), streams):
+                    t = time.perf_counter()
+                    stores[k].insert_msgpack(target, COLUMN_NAMES, blocks[i][0], dedup_token=f"bench-{i}")
+                    times[i] = time.perf_counter() - t
+
+            threads = [threading.Thread(target=insert_every, args=(k,)) for k in range(streams)]
+            cpu, wall = time.process_time(), time.perf_counter()  # process time: chDB's own threads included
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            stored = int(stores[0].query(f"SELECT count() FROM {target}", "tsv").split()[-1])
         finally:
-            store.close()
+            for store in stores:
+                store.close()
     inserted = sum(n for _, n in blocks)
     size = sum(len(d) for d, _ in blocks)
-    return {"rows": inserted, "blocks": len(blocks), "block_rows": block_rows, "rows_stored": stored - spans_per_body,
+    return {"rows": inserted, "blocks": len(blocks), "block_rows": block_rows, "streams": streams,
+            "rows_stored": stored - spans_per_body * streams,
             "block_mib": round(size / len(blocks) / 2**20, 1), "bytes_per_row": round(size / inserted),
-            "rows_per_s": round(inserted / sum(times)), "block_ms": [round(t * 1000, 1) for t in times],
-            "cpu_cores": round(cpu / sum(times), 2), "cpu_us_per_row": round(cpu / inserted * 1e6, 1),
+            "rows_per_s": round(inserted / wall), "block_ms": [round(t * 1000, 1) for t in times],
+            "cpu_cores": round(cpu / wall, 2), "cpu_us_per_row": round(cpu / inserted * 1e6, 1),
             "front_path_spans_per_s": round(built / build_s)}  # decode+validate+price+encode, one core  # fmt: skip
 
 
-def measure_raw_insert(rows: int, block_rows: int) -> dict:
-    argv = [sys.executable, "-m", "bench.ceilings", "raw-insert", str(rows), str(block_rows)]
+def measure_raw_insert(rows: int, block_rows: int, streams: int = 1) -> dict:
+    argv = [sys.executable, "-m", "bench.ceilings", "raw-insert", str(rows), str(block_rows), str(streams)]
     child = subprocess.Popen(argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              start_new_session=True)  # fmt: skip
     try:
@@ -292,8 +306,8 @@ def bare_hypercorn(app_kind: str, workers: int = 2, spans: int = 100) -> Iterato
             _kill_group(child)
 
 
-if __name__ == "__main__":  # raw-insert ROWS BLOCK_ROWS | bare-server FD asgi|quart SPANS
+if __name__ == "__main__":  # raw-insert ROWS BLOCK_ROWS STREAMS | bare-server FD asgi|quart SPANS
     if sys.argv[1] == "raw-insert":
-        print(json.dumps(raw_insert_child(int(sys.argv[2]), int(sys.argv[3]))))
+        print(json.dumps(raw_insert_child(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))
     else:
         bare_server_child(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

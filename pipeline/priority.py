@@ -7,7 +7,7 @@ children nicer (never less nice without privileges), so both knobs only ever low
 
     INGEST_FRONT_NICE (default 0)    front workers, relative to the supervisor
     INGEST_STORE_NICE (default 4)    the embedded store's threads, relative to the writer (not
-                                     while the spool is backed up)
+                                     while the spool backs up)
     INGEST_MERGE_NICE (default 10)   the embedded store's merge threads, relative to the writer
 
 Measured (docs/PERFORMANCE.md): merges at nice 10 lowered the p99 of 202s at 80 % load and
@@ -15,10 +15,11 @@ raised the stored spans/s; nicer fronts raised spans/s but starved requests (p99
 Inserts at nice 4 (the thread that calls the store, where the embedded ClickHouse does much of
 an insert, and the pool threads it starts) lowered that p99 several-fold: a front answers a
 request without being preempted by an insert in the middle of it, and the insert still gets all
-of the idle CPU. But when the spool is backed up, the one insert stream is the node's bottleneck;
-then ("urgent" inserts) the store's threads run at the writer's own priority until it catches up
-(`StorePriority`). Making a thread less nice needs CAP_SYS_NICE (or RLIMIT_NICE); without it the
-store's threads stay at INGEST_STORE_NICE, and a warning says so once.
+of the idle CPU. But once the spool is half-way to its high-water mark (past which admissions
+wait for the flush), the store is the node's bottleneck; then ("urgent" inserts, `stages.flush`)
+the store's threads run at the writer's own priority until it catches up (`StorePriority`).
+Making a thread less nice needs CAP_SYS_NICE (or RLIMIT_NICE); without it the store's threads
+stay at INGEST_STORE_NICE, and a warning says so once.
 Under a load that saturates the CPU for long, merges lag and parts accumulate, until
 ClickHouse's own `parts_to_delay_insert` slows inserts, which the spool turns into 503s.
 

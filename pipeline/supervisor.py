@@ -45,13 +45,15 @@ STABLE_AFTER_S = 10.0  # a child that ran this long is restarted at once again
 # under load, about a tenth of the machine's CPU; at 1 MiB the fronts take none and the writer's
 # Python side none (docs/PERFORMANCE.md), for ~50 MB more writer RSS. The embedded ClickHouse has
 # its own allocator (jemalloc, read from JE_MALLOC_CONF), which by default keeps freed pages for
-# 5 s: at 0.5 s the writer's peak RSS under load is ~80 MB lower (0 s: ~160 MB lower, but ~10 %
-# more writer CPU). An operator's own values in the environment win.
+# 5 s: the writer returns them at once (0 s). With parallel inserts and merges each taking 150-250
+# MB for a moment, a decay of 0.2-0.5 s let the node tree pass 1 GiB under 2x overload in some
+# runs (1,010-1,036 MiB); at 0 s its peak is ~80-160 MB lower, for some more writer CPU in page
+# faults. An operator's own values in the environment win.
 MALLOC_ENV = {
     "MALLOC_ARENA_MAX": "2",
     "MALLOC_MMAP_THRESHOLD_": "1048576",
     "MALLOC_TRIM_THRESHOLD_": "4194304",
-    "JE_MALLOC_CONF": "dirty_decay_ms:500,muzzy_decay_ms:0",
+    "JE_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0",
 }
 
 

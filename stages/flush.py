@@ -39,7 +39,8 @@ from stages.spool import FlushSignal
 
 log = get_logger("flush")
 
-# (table, rows in COLUMNS order as consecutive buffers, dedup token, urgent: the spool is backed up)
+# (table, rows in COLUMNS order as consecutive buffers, dedup token, urgent: the spool is half-way
+# to its high-water mark, past which admissions wait for the flush)
 Insert = Callable[[str, list[memoryview], str, bool], Awaitable[None]]
 
 
@@ -116,12 +117,16 @@ async def _flush_all(
 ) -> Position:
     """Flush everything durable in the spool after `cursor`; return the new cursor.
 
-    When a whole next block is already waiting (the spool is backed up), it is read while the
-    current one is inserted, so the store never waits for the spool, and inserted beside it (up to
-    `flush_parallel_inserts` blocks at once, checkpointed together once all are in); with one
-    insert at a time it waits, read ahead, for the next round. At most max(2, parallel) blocks are
-    held (× `flush_max_bytes`). Otherwise the next read waits for the insert, so that it takes
-    everything that arrived meanwhile: blocks stay large, parts few."""
+    When the flush is behind (a whole further block waits), the next block is read while the
+    current one is inserted, so the store never waits for the spool. When it is urgent (the spool
+    is half-way to its high-water mark, past which admissions wait for the flush), the store's
+    threads run at the writer's priority instead of INGEST_STORE_NICE, and up to
+    `flush_parallel_inserts` blocks are inserted at once, checkpointed together once all are in:
+    the flush catches up before clients are held back. Below that the inserts take the CPU the
+    requests leave, one at a time: a node that keeps up answers fast, and keeps its memory margin.
+    At most max(2, parallel) blocks are held (× `flush_max_bytes`). When the flush keeps up, the
+    next read waits for the insert, so that it takes everything that arrived meanwhile: blocks stay
+    large, parts few."""
     read = functools.partial(spool.read, max_bytes=config.flush_max_bytes)
     parallel = config.flush_parallel_inserts
     records, end = await trio.to_thread.run_sync(read, cursor)
@@ -132,19 +137,20 @@ async def _flush_all(
             return end
         blocks = [make_block(range_token(cursor, end), records)]
         held = sum(map(len, records))
-        backed_up = spool.pending_bytes() - held >= config.flush_max_bytes
+        behind = spool.pending_bytes() - held >= config.flush_max_bytes
+        urgent = spool.pending_bytes() >= config.spool_high_water_bytes // 2  # half-way to the mark
         ahead = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_insert_or_deadletter, config, insert, blocks[0], health, backed_up)
-            while backed_up and len(blocks) < max(2, parallel):
+            nursery.start_soon(_insert_or_deadletter, config, insert, blocks[0], health, urgent)
+            while behind and len(blocks) < max(2, parallel):
                 ahead = await trio.to_thread.run_sync(read, end)
-                if len(blocks) == parallel or not ahead[0]:
+                if not urgent or len(blocks) == parallel or not ahead[0]:
                     break  # read ahead for the next round
                 (records, next_end), ahead = ahead, None
                 blocks.append(make_block(range_token(end, next_end), records))
-                nursery.start_soon(_insert_or_deadletter, config, insert, blocks[-1], health, True)
+                nursery.start_soon(_insert_or_deadletter, config, insert, blocks[-1], health, urgent)
                 end, held = next_end, held + sum(map(len, records))
-                backed_up = spool.pending_bytes() - held >= config.flush_max_bytes
+                behind = spool.pending_bytes() - held >= config.flush_max_bytes
         for block in blocks:
             for org_id, spans, month in block.charges:
                 flushed_ledger.charge(org_id, spans, month)
@@ -200,7 +206,8 @@ async def _insert_with_retry(config: Config, insert: Insert, block: Block, healt
         metrics.flush_rows.inc(block.row_count)
         metrics.flush_seconds.observe(elapsed_ms / 1000)
         metrics.store_up.set(1)
-        log.info("flushed", rows=block.row_count, bytes=sum(map(len, block.rows)), ms=round(elapsed_ms, 1))
+        log.info("flushed", rows=block.row_count, bytes=sum(map(len, block.rows)), ms=round(elapsed_ms, 1),
+                 urgent=urgent)  # fmt: skip
         return
 
 

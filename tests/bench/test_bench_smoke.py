@@ -34,6 +34,8 @@ def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
     assert c["raw_insert"]["rows_per_s"] > 0 and c["raw_insert"]["front_path_spans_per_s"] > 0
     assert c["raw_insert"]["rows_stored"] == c["raw_insert"]["rows"] > 0
     assert c["raw_insert_after"]["rows_stored"] == c["raw_insert_after"]["rows"] > 0  # measured again after the node
+    two = c["raw_insert_2_streams"]  # the same rows through two handles at once, for reference
+    assert two["streams"] == 2 and two["rows_stored"] == two["rows"] > 0 and all(t > 0 for t in two["block_ms"])
     for kind in ("asgi", "quart"):
         assert c["hypercorn_bare"][kind]["requests_per_s"] > 0
         assert c["hypercorn_bare"][kind]["statuses"].get("202", 0) > 0
@@ -54,7 +56,7 @@ def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
     assert n["stored_total"] > 0 and n["accepted_total"] > 0
     assert {"exit_code", "drain_s", "log_errors"} == set(n["node_stop"])
     assert set(r["ratios"]) == {
-        "e2e_vs_raw_insert", "e2e_vs_hypercorn_bare_asgi", "e2e_vs_hypercorn_bare_quart",
+        "e2e_vs_raw_insert", "e2e_vs_raw_insert_2_streams", "e2e_vs_hypercorn_bare_asgi", "e2e_vs_hypercorn_bare_quart",
         "e2e_vs_decode_validate_1core", "e2e_vs_front_path_1core", "e2e_vs_pricing_1core",
     }  # fmt: skip
     assert all(v > 0 for v in r["ratios"].values())
@@ -62,6 +64,7 @@ def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
     assert r["ratios"]["e2e_vs_raw_insert"] == round(e2e["persisted_spans_per_s"] / mean_raw, 3)
     text = report.read_text()
     assert "raw chDB insert rows/s, before the node" in text and "raw chDB insert rows/s, after the node" in text
+    assert "raw chDB insert rows/s, 2 streams at once" in text
 
     text = report.read_text()
     for heading in ("# Benchmarks", "## Machine", "## Command", "## Numbers", "## Ratios and targets", "## Notes"):

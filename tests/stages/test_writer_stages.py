@@ -177,10 +177,11 @@ def _thread_nices(prefixes: tuple[str, ...]) -> set[int]:
 
 
 async def test_a_backed_up_spool_is_flushed_with_urgent_inserts(tmp_path: Path, store_dir: Path) -> None:
-    """Urgent inserts (a whole further block waits) run with the store's threads at the writer's
-    priority, the others at the store's niceness; every row arrives either way."""
+    """Urgent inserts (the spool half-way to its high-water mark) run with the store's threads at
+    the writer's priority, the others at the store's niceness; every row arrives either way."""
     records = [encode_record("org", 5, 202611, _rows(5, trace=f"t{i}")) for i in range(6)]
-    config = Config(data_dir=tmp_path, flush_interval_ms=50, flush_max_bytes=len(records[0]) * 2)  # 3 blocks
+    config = Config(data_dir=tmp_path, flush_interval_ms=50, flush_max_bytes=len(records[0]) * 2,
+                    spool_high_water_bytes=len(records[0]) * 6)  # 3 blocks; urgent from 3 records on  # fmt: skip
     store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"), thread_nice=3)
     calls: list[tuple[bool, int, set[int]]] = []
 
@@ -204,14 +205,16 @@ async def test_a_backed_up_spool_is_flushed_with_urgent_inserts(tmp_path: Path, 
     await store.close()
 
 
-@pytest.mark.parametrize("parallel", [1, 2, 3])
+@pytest.mark.parametrize(("parallel", "mark_records", "at_once"), [(1, 1, 1), (2, 1, 2), (3, 1, 3), (3, 100, 1)])
 async def test_a_backed_up_spool_is_inserted_in_parallel_and_checkpointed_once_all_are_in(
-    tmp_path: Path, store_dir: Path, parallel: int
+    tmp_path: Path, store_dir: Path, parallel: int, mark_records: int, at_once: int
 ) -> None:
-    """Up to `flush_parallel_inserts` blocks at once, each through its own handle (thread) on the
-    same embedded store; the checkpoint moves past a round only when every block of it is in."""
-    records = [encode_record("org", 5, 202611, _rows(5, trace=f"p{parallel}-{i}")) for i in range(8)]
+    """Urgent (the spool half-way to its high-water mark), up to `flush_parallel_inserts` blocks at
+    once, each through its own handle (thread) on the same embedded store, and one at a time
+    otherwise; the checkpoint moves past a round only when every block of it is in."""
+    records = [encode_record("org", 5, 202611, _rows(5, trace=f"p{parallel}-{mark_records}-{i}")) for i in range(8)]
     config = Config(data_dir=tmp_path, flush_interval_ms=50, flush_max_bytes=len(records[0]) * 2,
+                    spool_high_water_bytes=len(records[0]) * mark_records,
                     flush_parallel_inserts=parallel)  # 4 blocks of 2 records  # fmt: skip
     store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"), inserts=parallel)
     running, most, checkpoints = 0, 0, []
@@ -237,10 +240,11 @@ async def test_a_backed_up_spool_is_inserted_in_parallel_and_checkpointed_once_a
         spool.append(records)
         await run_flush(config, spool, insert, QuotaLedger(), signal, FlushHealth())
         assert spool.pending_bytes() == 0
-    assert most == parallel  # 4 blocks: the first round takes `parallel` of them at once
-    assert [lane.thread is not None for lane in store._lanes] == [True] * most  # a handle per insert
+    assert most == at_once  # urgent: the first round takes `parallel` of the 4 blocks; otherwise one
+    assert [lane.thread is not None for lane in store._lanes] == [i < most for i in range(parallel)]  # one per insert
     assert all(busy == 0 for _, busy in checkpoints)  # never past a block still being inserted
-    out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE} WHERE trace_id LIKE 'p{parallel}-%'", "json")
+    mine = f"trace_id LIKE 'p{parallel}-{mark_records}-%'"
+    out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE} WHERE {mine}", "json")
     assert json.loads(out) == {"c": 40}
     await store.close()
 
