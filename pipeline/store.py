@@ -168,8 +168,8 @@ class AsyncStore:
     (`StoreThread`, "foglamp-store"). Queries and commands go through one handle, one at a time;
     inserts through up to `inserts` handles at once (on the same store: one embedded engine, or one
     server), each with its own thread. The store's threads run at `thread_nice`, or at the writer's
-    own priority from an urgent insert (the flush is behind) until the next insert that is not
-    (`StorePriority`, shared by every handle).
+    own priority from an urgent insert (the flush is falling behind, see `stages.flush`) until the
+    next insert that is not (`StorePriority`, shared by every handle).
 
     Resource handling: owns the handles it opens and their threads; `close()` releases them. A
     handle is (re)opened on the first call that needs it, and `setup` statements (the schema) run
