@@ -64,8 +64,8 @@ class Config:
     flush_interval_ms: int = 1000
     flush_max_rows: int = 50_000
     flush_max_bytes: int = 32 * MiB
-    # Blocks inserted at once while the spool is backed up (a whole further block waits); each
-    # one holds its block and the store's working memory for it.
+    # Blocks inserted at once while the spool is half-way to its high-water mark or more
+    # (stages/flush.py); each one holds its block and the store's working memory for it.
     flush_parallel_inserts: int = 2
     flush_retry_max_s: float = 30.0
     spool_max_bytes: int = 1024 * MiB

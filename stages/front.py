@@ -193,30 +193,20 @@ async def read_capped(receive: Callable, limit: int, expected: int | None = None
     """The request body, or None once it passes `limit` bytes (a chunked body is cut off there,
     without reading the rest) or the client is gone. With a Content-Length (`expected`, at most
     `limit`) the body is read into one buffer of that size: no growing, no final copy."""
-    if expected is not None:
-        body = bytearray(expected)
-        view, got = memoryview(body), 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # http.disconnect: the client is gone
-                return None
-            chunk = message.get("body", b"")
-            if got + len(chunk) > expected:  # the server enforces Content-Length; never trust it blindly
-                return None
-            view[got : got + len(chunk)] = chunk
-            got += len(chunk)
-            if not message.get("more_body", False):
-                return body if got == expected else None
-    chunks = bytearray()
+    body = bytearray(expected or 0)
+    cap = limit if expected is None else expected  # the server enforces Content-Length; never trust it blindly
+    got = 0
     while True:
         message = await receive()
-        if message["type"] != "http.request":
+        if message["type"] != "http.request":  # http.disconnect: the client is gone
             return None
-        chunks += message.get("body", b"")
-        if len(chunks) > limit:
+        chunk = message.get("body", b"")
+        if got + len(chunk) > cap:
             return None
+        body[got : got + len(chunk)] = chunk  # in place when preallocated, else appended
+        got += len(chunk)
         if not message.get("more_body", False):
-            return chunks
+            return body if expected is None or got == expected else None
 
 
 def create_app(
