@@ -139,6 +139,10 @@ class StorePriority:
                 return
             self.urgent = urgent
 
+    def current(self) -> int:
+        """The niceness a store thread started now should have (relative to the process)."""
+        return 0 if self.urgent else self.nice
+
 
 def _nicer(current: int, increment: int) -> int:
     return min(current + increment, 19)

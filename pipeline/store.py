@@ -156,8 +156,7 @@ class StoreThread:
 class _Lane:
     """One handle on the store and the thread that calls it, one call at a time."""
 
-    def __init__(self, nice: int) -> None:
-        self.nice = nice
+    def __init__(self) -> None:
         self.store: Store | None = None
         self.thread: StoreThread | None = None  # started on first use
         self.lock = trio.Lock()
@@ -184,7 +183,7 @@ class AsyncStore:
         self._opener = opener
         self._setup = list(setup)
         self._priority = StorePriority(thread_nice)
-        self._lanes = [_Lane(thread_nice) for _ in range(max(1, inserts))]
+        self._lanes = [_Lane() for _ in range(max(1, inserts))]
         self._insert_slots = trio.Semaphore(len(self._lanes))
 
     def _connected(self, lane: _Lane) -> Store:
@@ -215,8 +214,8 @@ class AsyncStore:
             return fn(self._connected(lane))
 
         async with lane.lock:
-            if lane.thread is None:
-                lane.thread = StoreThread(lane.nice)
+            if lane.thread is None:  # at the store's current priority: a lane may start while urgent
+                lane.thread = StoreThread(self._priority.current())
             return await lane.thread.run(call)
 
     async def connect(self) -> None:

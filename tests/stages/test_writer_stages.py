@@ -216,8 +216,9 @@ async def test_a_backed_up_spool_is_inserted_in_parallel_and_checkpointed_once_a
     config = Config(data_dir=tmp_path, flush_interval_ms=50, flush_max_bytes=len(records[0]) * 2,
                     spool_high_water_bytes=len(records[0]) * mark_records,
                     flush_parallel_inserts=parallel)  # 4 blocks of 2 records  # fmt: skip
-    store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"), inserts=parallel)
-    running, most, checkpoints = 0, 0, []
+    store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"), inserts=parallel,
+                       thread_nice=3)  # fmt: skip
+    running, most, checkpoints, nices = 0, 0, [], set()
 
     async def insert(table: str, rows: list, token: str, urgent: bool) -> None:
         nonlocal running, most
@@ -226,6 +227,8 @@ async def test_a_backed_up_spool_is_inserted_in_parallel_and_checkpointed_once_a
         await trio.sleep(0.05)  # long enough for every block of the round to start
         try:
             await store.insert_msgpack(f"foglamp.{table}", COLUMN_NAMES, rows, dedup_token=token, urgent=urgent)
+            nices.update((urgent, os.getpriority(os.PRIO_PROCESS, lane.thread._thread.native_id))
+                         for lane in store._lanes if lane.thread is not None)  # fmt: skip
         finally:
             running -= 1
 
@@ -234,6 +237,8 @@ async def test_a_backed_up_spool_is_inserted_in_parallel_and_checkpointed_once_a
             checkpoints.append((position, running))
             super().checkpoint(position, state)
 
+    # Already urgent before the other handles' threads exist: they must start at that priority.
+    await store._run(lambda _: None, urgent=mark_records == 1)
     signal = FlushSignal()
     signal.end()
     with Watched.open(tmp_path / "spool") as spool:
@@ -243,6 +248,9 @@ async def test_a_backed_up_spool_is_inserted_in_parallel_and_checkpointed_once_a
     assert most == at_once  # urgent: the first round takes `parallel` of the 4 blocks; otherwise one
     assert [lane.thread is not None for lane in store._lanes] == [i < most for i in range(parallel)]  # one per insert
     assert all(busy == 0 for _, busy in checkpoints)  # never past a block still being inserted
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    # every handle's thread, even one started while inserts were urgent, at the right priority
+    assert nices == ({(True, base)} if mark_records == 1 else {(False, min(base + 3, 19))})
     mine = f"trace_id LIKE 'p{parallel}-{mark_records}-%'"
     out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE} WHERE {mine}", "json")
     assert json.loads(out) == {"c": 40}
