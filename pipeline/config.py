@@ -61,11 +61,13 @@ class Config:
     ack_timeout_ms: int = 10_000  # the writer must have spooled a batch by then, or 503
 
     # --- writer: flush and spool
+    # A full block (max rows or bytes) is inserted at once; a smaller one once the flush has not
+    # reached the spool's end for the interval (stages/flush.py, `Pace`).
     flush_interval_ms: int = 1000
     flush_max_rows: int = 50_000
     flush_max_bytes: int = 32 * MiB
-    # Blocks inserted at once while the spool is half-way to its high-water mark or more
-    # (stages/flush.py); each one holds its block and the store's working memory for it.
+    # Blocks inserted at once while a whole further block waits (stages/flush.py); each one holds
+    # its block and the store's working memory for it.
     flush_parallel_inserts: int = 2
     flush_retry_max_s: float = 30.0
     spool_max_bytes: int = 1024 * MiB

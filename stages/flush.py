@@ -1,9 +1,9 @@
 """The flush stage (writer process): spool → ClickHouse, in large blocks, then checkpoint.
 
-It tails the spool from the last checkpoint: every `flush_interval_ms`, or sooner when
-`flush_max_rows` rows are waiting, it reads what the spool holds (up to `flush_max_bytes`),
-inserts the rows as one `FORMAT MsgPack` block and checkpoints the spool past them, with the
-quota ledger of everything flushed so far. A crash between insert and checkpoint replays the
+It tails the spool from the last checkpoint: as soon as a full block waits (`flush_max_rows` rows
+or `flush_max_bytes`), and otherwise every `flush_interval_ms`, it reads what the spool holds (up
+to `flush_max_bytes`), inserts the rows as one `FORMAT MsgPack` block and checkpoints the spool
+past them, with the quota ledger of everything flushed so far. A crash between insert and checkpoint replays the
 block, which the table deduplicates (insert token + ReplacingMergeTree).
 
 Error handling: a `RetryableError` (store down, timeout) is retried with capped exponential
@@ -20,6 +20,7 @@ Resource handling: the stage returns after a final flush once the spool stage ha
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -95,16 +96,34 @@ async def run_flush(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     cursor, _ = spool.checkpointed
+    pace = Pace(config.flush_interval_ms / 1000)
     task_status.started()
     while True:
-        with trio.move_on_after(config.flush_interval_ms / 1000):
+        with trio.move_on_after(pace.wait_s(trio.current_time())):
             await signal.wakeup.wait()
         final = signal.input_ended
         signal.reset()
-        cursor = await _flush_all(config, spool, insert, flushed_ledger, health, cursor)
+        cursor = await _flush_all(config, spool, insert, flushed_ledger, health, cursor, pace, signal, drain=final)
         if final:
             log.info("final_flush_done", rows_flushed=health.rows_flushed)
             return
+
+
+@dataclass(slots=True)
+class Pace:
+    """When a block that is not full is inserted: once the flush has not emptied the spool for
+    `interval_s`, so no row waits much longer than that, and a slow trickle of batches becomes one
+    insert per interval rather than one per batch (every insert makes a part, and parts cost
+    merges). Full blocks never wait. Plain state, driven by the flush with trio's clock."""
+
+    interval_s: float
+    caught_up_at: float = -math.inf  # when the flush last read up to the spool's end
+
+    def due(self, now: float) -> bool:
+        return now - self.caught_up_at >= self.interval_s
+
+    def wait_s(self, now: float) -> float:
+        return max(0.0, self.caught_up_at + self.interval_s - now)
 
 
 async def _flush_all(
@@ -114,8 +133,13 @@ async def _flush_all(
     flushed_ledger: QuotaLedger,
     health: FlushHealth,
     cursor: Position,
+    pace: Pace,
+    signal: FlushSignal,
+    *,
+    drain: bool = False,
 ) -> Position:
-    """Flush everything durable in the spool after `cursor`; return the new cursor.
+    """Flush the spool after `cursor` while a full block waits, and the rest once it is due (see
+    `Pace`), or everything when `drain`ing; return the new cursor.
 
     When the flush is behind (a whole further block waits), the next block is read while the
     current one is inserted, so the store never waits for the spool. When it is urgent (the spool
@@ -124,12 +148,24 @@ async def _flush_all(
     `flush_parallel_inserts` blocks are inserted at once, checkpointed together once all are in:
     the flush catches up before clients are held back. Below that the inserts take the CPU the
     requests leave, one at a time: a node that keeps up answers fast, and keeps its memory margin.
-    At most max(2, parallel) blocks are held (× `flush_max_bytes`). When the flush keeps up, the
-    next read waits for the insert, so that it takes everything that arrived meanwhile: blocks stay
-    large, parts few."""
-    read = functools.partial(spool.read, max_bytes=config.flush_max_bytes)
+    At most max(2, parallel) blocks are held (× `flush_max_bytes`)."""
     parallel = config.flush_parallel_inserts
-    records, end = await trio.to_thread.run_sync(read, cursor)
+    read_block = functools.partial(spool.read, max_bytes=config.flush_max_bytes)
+
+    async def read(start: Position) -> tuple[list[memoryview], Position]:
+        durable, started = spool.end, trio.current_time()
+        records, end = await trio.to_thread.run_sync(read_block, start)
+        if end >= durable:  # read up to the spool's end: what was not read arrived after `started`
+            pace.caught_up_at = started
+        return records, end
+
+    def more() -> bool:  # a full block waits, or the rest is due
+        full = spool.pending_bytes() >= config.flush_max_bytes or signal.rows_waiting >= config.flush_max_rows
+        return drain or full or pace.due(trio.current_time())
+
+    if not more():
+        return cursor
+    records, end = await read(cursor)
     while True:
         if not records:
             if end != cursor:  # the spool skipped corrupt bytes: move the checkpoint past them
@@ -143,8 +179,8 @@ async def _flush_all(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_insert_or_deadletter, config, insert, blocks[0], health, urgent)
             while behind and len(blocks) < max(2, parallel):
-                ahead = await trio.to_thread.run_sync(read, end)
-                if not urgent or len(blocks) == parallel or not ahead[0]:
+                ahead = await read(end)
+                if len(blocks) == parallel or not ahead[0]:
                     break  # read ahead for the next round
                 (records, next_end), ahead = ahead, None
                 blocks.append(make_block(range_token(end, next_end), records))
@@ -156,7 +192,12 @@ async def _flush_all(
                 flushed_ledger.charge(org_id, spans, month)
         await trio.to_thread.run_sync(spool.checkpoint, end, flushed_ledger.to_bytes())
         cursor = end
-        records, end = ahead if ahead is not None else await trio.to_thread.run_sync(read, cursor)
+        if ahead is not None:
+            records, end = ahead
+        elif more():
+            records, end = await read(cursor)
+        else:
+            return cursor
 
 
 async def _insert_or_deadletter(

@@ -41,15 +41,19 @@ class SpoolJob:
 
 @dataclass(slots=True)
 class FlushSignal:
-    """Unflushed work announced by the spool stage to the flush stage."""
+    """Unflushed work announced by the spool stage to the flush stage. It wakes the flush as soon
+    as a full block waits (`flush_max_rows` rows or `flush_max_bytes` bytes since the last reset);
+    smaller amounts wait for the flush interval."""
 
     rows_waiting: int = 0
+    bytes_waiting: int = 0
     wakeup: trio.Event = field(default_factory=trio.Event)
     input_ended: bool = False
 
-    def add(self, rows: int, threshold: int) -> None:
+    def add(self, rows: int, nbytes: int, config: Config) -> None:
         self.rows_waiting += rows
-        if self.rows_waiting >= threshold:
+        self.bytes_waiting += nbytes
+        if self.rows_waiting >= config.flush_max_rows or self.bytes_waiting >= config.flush_max_bytes:
             self.wakeup.set()
 
     def end(self) -> None:
@@ -57,7 +61,7 @@ class FlushSignal:
         self.wakeup.set()
 
     def reset(self) -> None:
-        self.rows_waiting = 0
+        self.rows_waiting = self.bytes_waiting = 0
         self.wakeup = trio.Event()
 
 
@@ -141,7 +145,7 @@ async def _commit_group(
     for job in admitted:
         ledger.charge(job.append.org_id, job.append.spans, month)
         _answer(job, "ok")
-    flush.add(sum(j.append.spans for j in admitted), config.flush_max_rows)
+    flush.add(sum(j.append.spans for j in admitted), sum(map(len, payloads)), config)
 
 
 def _answer(job: SpoolJob, status: AppendStatus, retry_after_s: int = 0) -> None:

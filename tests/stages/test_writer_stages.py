@@ -205,13 +205,14 @@ async def test_a_backed_up_spool_is_flushed_with_urgent_inserts(tmp_path: Path, 
     await store.close()
 
 
-@pytest.mark.parametrize(("parallel", "mark_records", "at_once"), [(1, 1, 1), (2, 1, 2), (3, 1, 3), (3, 100, 1)])
+@pytest.mark.parametrize(("parallel", "mark_records", "at_once"), [(1, 1, 1), (2, 1, 2), (3, 1, 3), (3, 100, 3)])
 async def test_a_backed_up_spool_is_inserted_in_parallel_and_checkpointed_once_all_are_in(
     tmp_path: Path, store_dir: Path, parallel: int, mark_records: int, at_once: int
 ) -> None:
-    """Urgent (the spool half-way to its high-water mark), up to `flush_parallel_inserts` blocks at
-    once, each through its own handle (thread) on the same embedded store, and one at a time
-    otherwise; the checkpoint moves past a round only when every block of it is in."""
+    """Behind (a whole further block waits), up to `flush_parallel_inserts` blocks at once, each
+    through its own handle (thread) on the same embedded store, at the writer's priority when urgent
+    (the spool half-way to its high-water mark) and niced otherwise; the checkpoint moves past a
+    round only when every block of it is in."""
     records = [encode_record("org", 5, 202611, _rows(5, trace=f"p{parallel}-{mark_records}-{i}")) for i in range(8)]
     config = Config(data_dir=tmp_path, flush_interval_ms=50, flush_max_bytes=len(records[0]) * 2,
                     spool_high_water_bytes=len(records[0]) * mark_records,
@@ -245,7 +246,7 @@ async def test_a_backed_up_spool_is_inserted_in_parallel_and_checkpointed_once_a
         spool.append(records)
         await run_flush(config, spool, insert, QuotaLedger(), signal, FlushHealth())
         assert spool.pending_bytes() == 0
-    assert most == at_once  # urgent: the first round takes `parallel` of the 4 blocks; otherwise one
+    assert most == at_once  # the first round takes `parallel` of the 4 blocks
     assert [lane.thread is not None for lane in store._lanes] == [i < most for i in range(parallel)]  # one per insert
     assert all(busy == 0 for _, busy in checkpoints)  # never past a block still being inserted
     base = os.getpriority(os.PRIO_PROCESS, os.getpid())
@@ -255,6 +256,52 @@ async def test_a_backed_up_spool_is_inserted_in_parallel_and_checkpointed_once_a
     out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE} WHERE {mine}", "json")
     assert json.loads(out) == {"c": 40}
     await store.close()
+
+
+async def _paced_flush(tmp_path: Path, store_dir: Path, config: Config, batches: int, every_s: float) -> list[bool]:
+    """Append `batches` records of 5 rows, `every_s` apart, as the spool stage does (spool, then
+    signal), while the flush stage runs into chDB; then end the input. Whether each insert started
+    after the input ended (the final flush)."""
+    store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"))
+    signal = FlushSignal()
+    inserted: list[bool] = []
+
+    async def insert(table: str, rows: list, token: str, urgent: bool) -> None:
+        inserted.append(signal.input_ended)
+        await store.insert_msgpack(f"foglamp.{table}", COLUMN_NAMES, rows, dedup_token=token, urgent=urgent)
+
+    with Spool.open(tmp_path / "spool") as spool:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_flush, config, spool, insert, QuotaLedger(), signal, FlushHealth())
+            for i in range(batches):
+                record = encode_record("org", 5, 202611, _rows(5, trace=f"paced-{i}"))
+                await trio.to_thread.run_sync(spool.append, [record])
+                signal.add(5, len(record), config)
+                await trio.sleep(every_s)
+            signal.end()
+        assert spool.pending_bytes() == 0
+    out = await store.query(f"SELECT count() AS c FROM foglamp.{TABLE}", "json")
+    assert json.loads(out) == {"c": batches * 5}
+    await store.close()
+    return inserted
+
+
+async def test_a_trickle_of_batches_is_inserted_once_per_flush_interval(tmp_path: Path, store_dir: Path) -> None:
+    """60 small batches over 1.5 s, a 0.4 s interval: a few inserts (each a part to merge), not
+    one per batch."""
+    config = Config(data_dir=tmp_path, flush_interval_ms=400)
+    final = await _paced_flush(tmp_path, store_dir, config, batches=60, every_s=0.025)
+    assert 2 <= len(final) <= 8 and final.count(False) >= 1
+
+
+async def test_a_full_block_is_inserted_without_waiting_for_the_interval(tmp_path: Path, store_dir: Path) -> None:
+    """Blocks of two batches (by bytes), an interval far longer than the test: the spool stage's
+    signal wakes the flush for every full block, and the final flush takes the rest."""
+    record_bytes = len(encode_record("org", 5, 202611, _rows(5, trace="paced-0")))
+    config = Config(data_dir=tmp_path, flush_interval_ms=600_000, flush_max_bytes=record_bytes * 2)
+    with trio.fail_after(60):  # the interval is 10 minutes
+        final = await _paced_flush(tmp_path, store_dir, config, batches=6, every_s=0.2)
+    assert final.count(False) >= 2  # at least two full blocks before the end
 
 
 async def test_flush_retries_through_an_outage_and_deadletters_refused_blocks(tmp_path: Path, store_dir: Path) -> None:
