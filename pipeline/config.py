@@ -34,7 +34,7 @@ class Config:
     # embedded store's inserts and queries, and its merges, relative to the writer.
     front_nice: int = 0
     store_nice: int = 4
-    merge_nice: int = 10
+    merge_nice: int = 19
     data_dir: Path = Path("data")
 
     # --- store

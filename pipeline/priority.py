@@ -8,10 +8,12 @@ children nicer (never less nice without privileges), so both knobs only ever low
     INGEST_FRONT_NICE (default 0)    front workers, relative to the supervisor
     INGEST_STORE_NICE (default 4)    the embedded store's threads, relative to the writer (not
                                      while the spool backs up)
-    INGEST_MERGE_NICE (default 10)   the embedded store's merge threads, relative to the writer
+    INGEST_MERGE_NICE (default 19)   the embedded store's merge threads, relative to the writer
 
 Measured (docs/PERFORMANCE.md): merges at nice 10 lowered the p99 of 202s at 80 % load and
-raised the stored spans/s; nicer fronts raised spans/s but starved requests (p99 ~1 s), hence 0.
+raised the stored spans/s, and at 19 more so (the merges left over from a burst no longer take
+a tenth of a core from the requests that follow it); nicer fronts raised spans/s but starved
+requests (p99 ~1 s), hence 0.
 Inserts at nice 4 (the thread that calls the store, where the embedded ClickHouse does much of
 an insert, and the pool threads it starts) lowered that p99 several-fold: a front answers a
 request without being preempted by an insert in the middle of it, and the insert still gets all

@@ -230,7 +230,7 @@ def test_killed_worker_is_restarted_and_the_node_keeps_serving(tmp_path: Path) -
         assert nice_of(writer[0]) == base
         assert [nice_of(pid) for pid in children] == [min(base + 7, 19)] * 2
         merge_nices = thread_nices(writer[0], "MergeMutate")
-        assert merge_nices and set(merge_nices) == {min(base + 10, 19)}  # INGEST_MERGE_NICE default
+        assert merge_nices and set(merge_nices) == {min(base + 19, 19)}  # INGEST_MERGE_NICE default
         store_nices = thread_nices(writer[0], "foglamp-store")  # and threads the store started from it
         assert store_nices and set(store_nices) == {min(base + 4, 19)}  # INGEST_STORE_NICE default
         subprocess.run(["kill", "-9", children[0]], check=True)

@@ -36,7 +36,7 @@ def test_bad_values_are_refused_with_the_variable_named(environ: dict[str, str],
 
 def test_priorities_default_to_nicer_store_work_only() -> None:
     config = load_config({})
-    assert (config.front_nice, config.store_nice, config.merge_nice) == (0, 4, 10)
+    assert (config.front_nice, config.store_nice, config.merge_nice) == (0, 4, 19)
     assert load_config({"INGEST_MERGE_NICE": "0"}).merge_nice == 0
     assert load_config({"INGEST_STORE_NICE": "0"}).store_nice == 0
     with pytest.raises(ConfigError, match="INGEST_STORE_NICE must be in 0..19"):
