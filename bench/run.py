@@ -83,6 +83,16 @@ def stored_count(data_dir: Path, *, final: bool) -> int:
     return int(json.loads(run_query(config, sql, "json").strip().splitlines()[-1])["c"])
 
 
+def active_parts(data_dir: Path) -> int:
+    """The spans table's active parts: what merges still owe (each insert adds one)."""
+    from pipeline.config import load_config
+    from pipeline.query import run_query
+
+    config = load_config(child_env(), overrides={"data_dir": data_dir})
+    sql = "SELECT count() AS c FROM system.parts WHERE active AND database = 'foglamp' AND table = 'spans'"
+    return int(json.loads(run_query(config, sql, "json").strip().splitlines()[-1])["c"])
+
+
 def wait_stored(data_dir: Path, expected: int, timeout_s: float = 90.0) -> tuple[int, float]:
     """Poll the stored row count until it reaches `expected`, then count the distinct spans
     (FINAL): (distinct count, seconds waited). Polling is cheap and in-process, so the wait does
@@ -151,6 +161,7 @@ def node_phases(plan: SimpleNamespace, data: Path) -> dict:
             out["e2e"] = e2e | {"stored": stored, "flush_wait_s": lag,
                                 "persisted_spans_per_s": round(stored / (e2e["duration_s"] + lag)),
                                 "client_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+                                "active_parts": active_parts(data),
                                 "process_tree": sampler.window(t0, t1 + lag)}  # fmt: skip
             persisted_per_s = stored / (e2e["duration_s"] + lag)  # until the last row is in the store
             sustained = out["sustained_requests_per_s"] = round(max(persisted_per_s / plan.spans, 1.0), 1)
@@ -166,6 +177,7 @@ def node_phases(plan: SimpleNamespace, data: Path) -> dict:
                 stored, lag = wait_stored(data, accepted)
                 out[name] = phase | {"rate_requests_per_s": round(rate, 1), "connections": conns,
                                      "retry_after": counts, "stored_total": stored, "flush_wait_s": lag,
+                                     "active_parts": active_parts(data),
                                      "process_tree": sampler.window(t0, t1 + lag)}  # fmt: skip
             out["accepted_total"], out["stored_total"] = accepted, stored
         finally:
@@ -196,7 +208,7 @@ def render(r: dict) -> str:
         ("**e2e persisted spans/s** (count FINAL / time until stored)",
          f"**{e2e['persisted_spans_per_s']:,}**",
          f"{e2e['stored']:,} rows stored of {e2e['spans_accepted']:,} accepted in {e2e['duration_s']} s; "
-         f"all stored {e2e['flush_wait_s']} s after the load"),
+         f"all stored {e2e['flush_wait_s']} s after the load; then {e2e['active_parts']} active parts"),
         ("e2e requests/s, latency of 202s", f"{e2e['requests_per_s']}", _outcome(e2e)),
         ("e2e node process tree", f"{e2e['process_tree'].get('peak_rss_mib', 0):.0f} MiB",
          f"{_tree(e2e['process_tree'])}; load client {e2e['client_cpu_percent']:.0f}%"),
@@ -214,7 +226,8 @@ def render(r: dict) -> str:
            f"= {b['spans_per_s']:,.0f} spans/s; {_outcome(b)}")
           for label, b in (("raw ASGI", c["hypercorn_bare"]["asgi"]), ("Quart-Trio", c["hypercorn_bare"]["quart"]))],
         *[(f"{name}: open loop {p['rate_requests_per_s']} req/s, {p['connections']} connections",
-           f"p99 {p['latency_ms']['p99']:.0f} ms", f"{_outcome(p)}; {_tree(p['process_tree'])}")
+           f"p99 {p['latency_ms']['p99']:.0f} ms",
+           f"{_outcome(p)}; {_tree(p['process_tree'])}; then {p['active_parts']} active parts")
           for name, p in (("80 % of sustained", p80), ("overload 2x sustained", over))],
     ]  # fmt: skip
     over_503, seen = sum(v for k, v in over["statuses"].items() if k.startswith("503")), over["retry_after"]
@@ -263,12 +276,15 @@ def render(r: dict) -> str:
         f"{FLUSH.flush_max_rows:,} rows or {FLUSH.flush_max_bytes >> 20} MiB (about "
         f"{FLUSH.flush_max_bytes // max(ins['bytes_per_row'], 1):,} rows of these). The raw insert is measured "
         "before and after the node's phases (the machine's speed drifts); the ratio uses their mean. It is one "
-        f"insert stream, what one inserting process takes; while its spool is backed up the writer inserts up to "
+        "insert stream, what one inserting process takes; while a whole block waits behind the one it inserts, "
+        f"the writer inserts up to "
         f"{FLUSH.flush_parallel_inserts} blocks at once (INGEST_FLUSH_PARALLEL_INSERTS), so the same rows through 2 "
         "streams at once are shown beside it, for reference.",
         f"- Sustained rate = e2e persisted spans/s / {spans} = {n['sustained_requests_per_s']} requests/s. Open-loop "
         "latency counts from each request's scheduled send time; a 429/503 is retried with the same body after "
         "its Retry-After, and a retry that would start after the phase is abandoned.",
+        "- Active parts: of the spans table, once everything accepted is stored. Each insert makes one; background "
+        "merges (at INGEST_MERGE_NICE) fold them together with the CPU that requests and inserts leave.",
         "- RSS is the sum of VmRSS over the supervisor and all its descendants, sampled every 0.5 s (shared pages "
         "count once per process; PSS, beside it, counts them once in all).", "",
     ])  # fmt: skip
