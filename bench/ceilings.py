@@ -267,12 +267,16 @@ def bare_server_child(fd: int, app_kind: str, spans: int) -> None:
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
+    from pipeline.config import Config as NodeConfig
+    from stages.front import set_read_size
+
     accepted = json.dumps({"accepted": spans}).encode()
     app = _asgi_app(accepted) if app_kind == "asgi" else _quart_app(accepted)
     config = Config()
     config.bind = [f"fd://{fd}"]
     config.keep_alive_timeout, config.backlog = 75.0, 2048
     config.accesslog = config.errorlog = None
+    set_read_size(NodeConfig().http_read_bytes)  # Hypercorn as the node's fronts run it
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -57,6 +57,9 @@ class Config:
     link_capacity: int = 64
     spool_capacity: int = 256
     max_inflight_requests: int = 32  # per front worker, bodies held at once; past it: 503
+    # Largest socket read of a front (Hypercorn's 64 KiB otherwise): a 200 KB body in ~3 reads, not
+    # ~5, each of which costs a trip through h11 and Hypercorn; up to 10 reads wait per connection.
+    http_read_bytes: int = 128 * 1024
     enqueue_timeout_ms: int = 200  # a full channel for longer than this is a 503 overloaded
     ack_timeout_ms: int = 10_000  # the writer must have spooled a batch by then, or 503
 
@@ -177,7 +180,7 @@ def _check(config: Config) -> None:
         "max_issues", "validate_capacity", "price_capacity", "link_capacity", "spool_capacity",
         "flush_interval_ms", "flush_max_rows", "flush_max_bytes", "spool_max_bytes", "spool_segment_bytes",
         "rate_limit_rps", "drain_timeout_s", "enqueue_timeout_ms", "ack_timeout_ms", "max_inflight_requests",
-        "spool_high_water_bytes", "admit_max_wait_ms", "flush_parallel_inserts",
+        "spool_high_water_bytes", "admit_max_wait_ms", "flush_parallel_inserts", "http_read_bytes",
     ]  # fmt: skip
     for name in positive:
         if getattr(config, name) <= 0:

@@ -26,6 +26,7 @@ def test_environment_then_overrides() -> None:
         ({"INGEST_FRONT_NICE": "five"}, "INGEST_FRONT_NICE='five' is not a valid int"),
         ({"INGEST_MERGE_NICE": "20"}, "INGEST_MERGE_NICE must be in 0..19, got 20"),
         ({"INGEST_FLUSH_MAX_BYTES": "0"}, "INGEST_FLUSH_MAX_BYTES must be > 0, got 0"),
+        ({"INGEST_HTTP_READ_BYTES": "0"}, "INGEST_HTTP_READ_BYTES must be > 0, got 0"),
         ({"CLICKHOUSE_URL": "tcp://x"}, "CLICKHOUSE_URL must start with http://, https:// or chdb://"),
     ],
 )

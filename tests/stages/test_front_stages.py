@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 from pathlib import Path
 
 import trio
+from hypercorn.trio import tcp_server as hypercorn_tcp
 
+from bench.httpclient import Connection, request_head
 from pipeline.config import Config
 from pipeline.jobs import Job, Rejected
 from pipeline.link import Call, call, run_link
 from pipeline.link_server import serve_links
 from pipeline.messages import RECORD_PREFIX_BYTES, Admit, AdmitReply, Append, AppendReply, AppendView, encode
+from stages.front import run_front
 from stages.price import PriceTable
 from stages.price_stage import run_price
 from stages.validate_stage import run_validate
@@ -88,3 +92,41 @@ async def test_link_round_trip_and_broken_writer(tmp_path: Path) -> None:
 
 async def _collect(out: list, send: trio.MemorySendChannel[Call], message: Append) -> None:
     out.append(await call(send, message, timeout_s=5))
+
+
+async def test_the_front_reads_a_body_in_reads_of_at_most_http_read_bytes(tmp_path: Path) -> None:
+    """INGEST_HTTP_READ_BYTES reaches Hypercorn: with 4 KiB, a 100 KB body arrives in 4 KiB pieces
+    (Hypercorn's own default would hand over up to 64 KiB at once), whole."""
+    bodies: list[list[bytes]] = []
+
+    async def app(scope: dict, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        chunks = []
+        while (message := await receive()).get("more_body", False):
+            chunks.append(message["body"])
+        bodies.append([*chunks, message.get("body", b"")])
+        await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    body = bytes(range(256)) * 400  # 102,400 bytes
+    default = hypercorn_tcp.MAX_RECV
+    listener = socket.create_server(("127.0.0.1", 0))
+    port, fd = listener.getsockname()[1], listener.detach()  # the server closes the socket when done
+    stop = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_front, Config(http_read_bytes=4096), app, fd, stop.wait)
+            async with Connection("127.0.0.1", port) as conn:
+                head = request_head("POST", "/ingest", f"127.0.0.1:{port}", {"Content-Type": "application/json"})
+                reply = await conn.request(head, body)
+            stop.set()
+    finally:
+        hypercorn_tcp.MAX_RECV = default
+    assert reply.status == 202
+    (chunks,) = bodies
+    assert b"".join(chunks) == body
+    assert max(map(len, chunks)) <= 4096 and len(chunks) >= len(body) // 4096
