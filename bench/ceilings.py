@@ -206,13 +206,26 @@ def raw_insert_child(rows_wanted: int, block_rows: int, streams: int = 1, spans_
             "block_mib": round(size / len(blocks) / 2**20, 1), "bytes_per_row": round(size / inserted),
             "rows_per_s": round(inserted / wall), "block_ms": [round(t * 1000, 1) for t in times],
             "cpu_cores": round(cpu / wall, 2), "cpu_us_per_row": round(cpu / inserted * 1e6, 1),
-            "front_path_spans_per_s": round(built / build_s)}  # decode+validate+price+encode, one core  # fmt: skip
+            "front_path_spans_per_s": round(built / build_s),  # decode+validate+price+encode, one core
+            "je_malloc_conf": os.environ.get("JE_MALLOC_CONF", "")}  # fmt: skip
 
 
-def measure_raw_insert(rows: int, block_rows: int, streams: int = 1) -> dict:
+def store_env(*, node_allocator: bool = True) -> dict[str, str]:
+    """The environment of a raw-insert child: with the allocator settings the node's writer runs
+    its embedded store with (`MALLOC_ENV`, the operator's own values winning, as in the
+    supervisor), or without any of them (jemalloc's and glibc's defaults)."""
+    from pipeline.supervisor import MALLOC_ENV
+
+    if node_allocator:
+        return {**MALLOC_ENV, **os.environ}
+    return {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+
+
+def measure_raw_insert(rows: int, block_rows: int, streams: int = 1, *, node_allocator: bool = True) -> dict:
+    """The raw insert ceiling, in a child process of its own (the embedded store allows one owner)."""
     argv = [sys.executable, "-m", "bench.ceilings", "raw-insert", str(rows), str(block_rows), str(streams)]
     child = subprocess.Popen(argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             start_new_session=True)  # fmt: skip
+                             env=store_env(node_allocator=node_allocator), start_new_session=True)  # fmt: skip
     try:
         out, err = child.communicate(timeout=300)
     finally:

@@ -214,9 +214,11 @@ def render(r: dict) -> str:
          f"{_tree(e2e['process_tree'])}; load client {e2e['client_cpu_percent']:.0f}%"),
         *[(f"raw chDB insert rows/s, {when}", f"{i['rows_per_s']:,}", f"{i['rows']:,} rows, {i['blocks']} blocks of "
            f"{i['block_rows']:,} ({i['block_mib']} MiB, {i['bytes_per_row']} B/row), ms/block {i['block_ms']}; "
-           f"{i['cpu_cores']} cores busy, {i['cpu_us_per_row']} µs CPU/row")
+           f"{i['cpu_cores']} cores busy, {i['cpu_us_per_row']} µs CPU/row; "
+           f"JE_MALLOC_CONF={i.get('je_malloc_conf') or '(default)'}")
           for when, i in (("before the node", ins), ("after the node", c["raw_insert_after"]),
-                          ("2 streams at once, after the node", c["raw_insert_2_streams"]))],
+                          ("2 streams at once, after the node", c["raw_insert_2_streams"]),
+                          ("jemalloc's default decay, after the node", c["raw_insert_default_allocator"]))],
         ("decode+validate spans/s, 1 core", f"{dv['json_spans_per_s']:,}",
          f"bench_validate batches, JSON (best {dv['json_spans_per_s_best']:,}); msgpack {dv['msgpack_spans_per_s']:,}"),
         ("pricing spans/s, 1 core", f"{c['pricing']['spans_per_s']:,}", f"{c['pricing']['us_per_span']} µs/span"),
@@ -279,7 +281,10 @@ def render(r: dict) -> str:
         "insert stream, what one inserting process takes; while a whole block waits behind the one it inserts, "
         f"the writer inserts up to "
         f"{FLUSH.flush_parallel_inserts} blocks at once (INGEST_FLUSH_PARALLEL_INSERTS), so the same rows through 2 "
-        "streams at once are shown beside it, for reference.",
+        "streams at once are shown beside it, for reference. Every raw insert runs with the allocator settings "
+        "the node's writer gives its embedded store (pipeline/supervisor.py, MALLOC_ENV: jemalloc returns freed "
+        "pages at once, which keeps the writer's memory peak lower and costs its inserts page faults); the same "
+        "rows with jemalloc's default decay are shown beside it, for reference.",
         f"- Sustained rate = e2e persisted spans/s / {spans} = {n['sustained_requests_per_s']} requests/s. Open-loop "
         "latency counts from each request's scheduled send time; a 429/503 is retried with the same body after "
         "its Retry-After, and a retry that would start after the phase is abandoned.",
@@ -310,9 +315,14 @@ def run(plan: SimpleNamespace, command: str) -> dict:
     # For reference: the same rows through two handles at once, as the node's flush does when the
     # spool is backed up (INGEST_FLUSH_PARALLEL_INSERTS); the target is against one stream.
     c["raw_insert_2_streams"] = ceilings.measure_raw_insert(plan.insert_rows, plan.block_rows, streams=2)
+    # For reference: one stream with jemalloc's default decay (freed pages kept ~10 s), which the
+    # writer does not use (pipeline/supervisor.py, MALLOC_ENV: its memory peak is lower without).
+    c["raw_insert_default_allocator"] = ceilings.measure_raw_insert(plan.insert_rows, plan.block_rows,
+                                                                    node_allocator=False)  # fmt: skip
     e2e, bare = results["node"]["e2e"]["persisted_spans_per_s"], c["hypercorn_bare"]
     raw = (c["raw_insert"]["rows_per_s"] + c["raw_insert_after"]["rows_per_s"]) / 2
     limits = {"raw_insert": raw, "raw_insert_2_streams": c["raw_insert_2_streams"]["rows_per_s"],
+              "raw_insert_default_allocator": c["raw_insert_default_allocator"]["rows_per_s"],
               "hypercorn_bare_asgi": bare["asgi"]["spans_per_s"],
               "hypercorn_bare_quart": bare["quart"]["spans_per_s"], "pricing_1core": c["pricing"]["spans_per_s"],
               "decode_validate_1core": c["decode_validate"]["json_spans_per_s"],

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.supervisor import MALLOC_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -34,6 +36,11 @@ def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
     assert c["raw_insert"]["rows_per_s"] > 0 and c["raw_insert"]["front_path_spans_per_s"] > 0
     assert c["raw_insert"]["rows_stored"] == c["raw_insert"]["rows"] > 0
     assert c["raw_insert_after"]["rows_stored"] == c["raw_insert_after"]["rows"] > 0  # measured again after the node
+    # The ceilings run the store with the writer's allocator settings, and once with the defaults.
+    node_conf = os.environ.get("JE_MALLOC_CONF", MALLOC_ENV["JE_MALLOC_CONF"])
+    assert c["raw_insert"]["je_malloc_conf"] == c["raw_insert_after"]["je_malloc_conf"] == node_conf
+    assert c["raw_insert_default_allocator"]["je_malloc_conf"] == ""
+    assert c["raw_insert_default_allocator"]["rows_stored"] == c["raw_insert_default_allocator"]["rows"] > 0
     two = c["raw_insert_2_streams"]  # the same rows through two handles at once, for reference
     assert two["streams"] == 2 and two["rows_stored"] == two["rows"] > 0 and all(t > 0 for t in two["block_ms"])
     for kind in ("asgi", "quart"):
@@ -56,7 +63,8 @@ def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
     assert n["stored_total"] > 0 and n["accepted_total"] > 0
     assert {"exit_code", "drain_s", "log_errors"} == set(n["node_stop"])
     assert set(r["ratios"]) == {
-        "e2e_vs_raw_insert", "e2e_vs_raw_insert_2_streams", "e2e_vs_hypercorn_bare_asgi", "e2e_vs_hypercorn_bare_quart",
+        "e2e_vs_raw_insert", "e2e_vs_raw_insert_2_streams", "e2e_vs_raw_insert_default_allocator",
+        "e2e_vs_hypercorn_bare_asgi", "e2e_vs_hypercorn_bare_quart",
         "e2e_vs_decode_validate_1core", "e2e_vs_front_path_1core", "e2e_vs_pricing_1core",
     }  # fmt: skip
     assert all(v > 0 for v in r["ratios"].values())
