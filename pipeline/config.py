@@ -64,8 +64,8 @@ class Config:
     ack_timeout_ms: int = 10_000  # the writer must have spooled a batch by then, or 503
 
     # --- writer: flush and spool
-    # A full block (max rows or bytes) is inserted at once; a smaller one once the flush has not
-    # reached the spool's end for the interval (stages/flush.py, `Pace`).
+    # A full block (max rows or bytes, or half the high-water mark if less) is inserted at once; a
+    # smaller one once the flush has not reached the spool's end for the interval (stages/flush.py).
     flush_interval_ms: int = 1000
     flush_max_rows: int = 50_000
     flush_max_bytes: int = 32 * MiB

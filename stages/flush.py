@@ -36,7 +36,7 @@ from pipeline.messages import StatusReply, decode_record
 from pipeline.spool import Position, Spool
 from stages.admission import QuotaLedger
 from stages.schema import TABLE
-from stages.spool import FlushSignal
+from stages.spool import FlushSignal, block_bytes
 
 log = get_logger("flush")
 
@@ -160,7 +160,7 @@ async def _flush_all(
         return records, end
 
     def more() -> bool:  # a full block waits, or the rest is due
-        full = spool.pending_bytes() >= config.flush_max_bytes or signal.rows_waiting >= config.flush_max_rows
+        full = spool.pending_bytes() >= block_bytes(config) or signal.rows_waiting >= config.flush_max_rows
         return drain or full or pace.due(trio.current_time())
 
     if not more():

@@ -39,11 +39,17 @@ class SpoolJob:
     reply: Callable[[AppendReply], None]
 
 
+def block_bytes(config: Config) -> int:
+    """Bytes that make a full block: `flush_max_bytes`, or half the spool's high-water mark if that
+    is less (past the mark admissions wait for the flush, which then must not wait itself)."""
+    return min(config.flush_max_bytes, config.spool_high_water_bytes // 2)
+
+
 @dataclass(slots=True)
 class FlushSignal:
     """Unflushed work announced by the spool stage to the flush stage. It wakes the flush as soon
-    as a full block waits (`flush_max_rows` rows or `flush_max_bytes` bytes since the last reset);
-    smaller amounts wait for the flush interval."""
+    as a full block waits (`flush_max_rows` rows or `block_bytes` since the last reset); smaller
+    amounts wait for the flush interval."""
 
     rows_waiting: int = 0
     bytes_waiting: int = 0
@@ -53,7 +59,7 @@ class FlushSignal:
     def add(self, rows: int, nbytes: int, config: Config) -> None:
         self.rows_waiting += rows
         self.bytes_waiting += nbytes
-        if self.rows_waiting >= config.flush_max_rows or self.bytes_waiting >= config.flush_max_bytes:
+        if self.rows_waiting >= config.flush_max_rows or self.bytes_waiting >= block_bytes(config):
             self.wakeup.set()
 
     def end(self) -> None:

@@ -294,11 +294,16 @@ async def test_a_trickle_of_batches_is_inserted_once_per_flush_interval(tmp_path
     assert 2 <= len(final) <= 8 and final.count(False) >= 1
 
 
-async def test_a_full_block_is_inserted_without_waiting_for_the_interval(tmp_path: Path, store_dir: Path) -> None:
-    """Blocks of two batches (by bytes), an interval far longer than the test: the spool stage's
-    signal wakes the flush for every full block, and the final flush takes the rest."""
+@pytest.mark.parametrize(("max_records", "high_water_records"), [(2, 1000), (1000, 4)])
+async def test_a_full_block_is_inserted_without_waiting_for_the_interval(
+    tmp_path: Path, store_dir: Path, max_records: int, high_water_records: int
+) -> None:
+    """Blocks of two batches, by `flush_max_bytes` or by half a small high-water mark (past which
+    admissions would wait for the flush), and an interval far longer than the test: the spool
+    stage's signal wakes the flush for every full block, and the final flush takes the rest."""
     record_bytes = len(encode_record("org", 5, 202611, _rows(5, trace="paced-0")))
-    config = Config(data_dir=tmp_path, flush_interval_ms=600_000, flush_max_bytes=record_bytes * 2)
+    config = Config(data_dir=tmp_path, flush_interval_ms=600_000, flush_max_bytes=record_bytes * max_records,
+                    spool_high_water_bytes=record_bytes * high_water_records)  # fmt: skip
     with trio.fail_after(60):  # the interval is 10 minutes
         final = await _paced_flush(tmp_path, store_dir, config, batches=6, every_s=0.2)
     assert final.count(False) >= 2  # at least two full blocks before the end
