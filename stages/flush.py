@@ -111,8 +111,8 @@ async def run_flush(
 
 @dataclass(slots=True)
 class Pace:
-    """When a block that is not full is inserted: once the flush has not emptied the spool for
-    `interval_s`, so no row waits much longer than that, and a slow trickle of batches becomes one
+    """When a block that is not full is inserted: once the flush has not read up to the spool's end
+    for `interval_s`, so no row waits much longer than that, and a slow trickle of batches becomes one
     insert per interval rather than one per batch (every insert makes a part, and parts cost
     merges). Full blocks never wait. Plain state, driven by the flush with trio's clock."""
 
@@ -141,14 +141,14 @@ async def _flush_all(
     """Flush the spool after `cursor` while a full block waits, and the rest once it is due (see
     `Pace`), or everything when `drain`ing; return the new cursor.
 
-    When the flush is behind (a whole further block waits), the next block is read while the
-    current one is inserted, so the store never waits for the spool. When it is urgent (the spool
-    is half-way to its high-water mark, past which admissions wait for the flush), the store's
-    threads run at the writer's priority instead of INGEST_STORE_NICE, and up to
-    `flush_parallel_inserts` blocks are inserted at once, checkpointed together once all are in:
-    the flush catches up before clients are held back. Below that the inserts take the CPU the
-    requests leave, one at a time: a node that keeps up answers fast, and keeps its memory margin.
-    At most max(2, parallel) blocks are held (× `flush_max_bytes`)."""
+    When the flush is behind (a whole further block waits), up to `flush_parallel_inserts` blocks
+    are inserted at once, each through its own store handle, and checkpointed together once all
+    are in; the next block is read while they are, so the store never waits for the spool. When it
+    is urgent (the spool is half-way to its high-water mark, past which admissions wait for the
+    flush), the store's threads run at the writer's priority instead of INGEST_STORE_NICE: the flush
+    catches up before clients are held back. Below that the inserts take the CPU the requests
+    leave: a node that keeps up answers fast. At most max(2, parallel) blocks are held
+    (× `flush_max_bytes`)."""
     parallel = config.flush_parallel_inserts
     read_block = functools.partial(spool.read, max_bytes=config.flush_max_bytes)
 
