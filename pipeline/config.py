@@ -35,6 +35,8 @@ class Config:
     front_nice: int = 0
     store_nice: int = 4
     merge_nice: int = 19
+    # ... and they run under SCHED_IDLE: only when a CPU has nothing else to run.
+    merge_sched_idle: bool = True
     data_dir: Path = Path("data")
 
     # --- store
@@ -162,7 +164,16 @@ def _build(raw: Mapping[str, Any]) -> Config:
     return config
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _coerce(kind: type, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if (flag := _BOOLS.get(str(value).strip().lower())) is None:
+            raise ValueError(value)
+        return flag
     if isinstance(value, kind) and not isinstance(value, bool):
         return value
     if kind is int:

@@ -9,11 +9,13 @@ children nicer (never less nice without privileges), so both knobs only ever low
     INGEST_STORE_NICE (default 4)    the embedded store's threads, relative to the writer (not
                                      while the spool backs up)
     INGEST_MERGE_NICE (default 19)   the embedded store's merge threads, relative to the writer
+    INGEST_MERGE_SCHED_IDLE (1)      ... and SCHED_IDLE: they run only on a CPU nothing else wants
 
 Measured (docs/PERFORMANCE.md): merges at nice 10 lowered the p99 of 202s at 80 % load and
 raised the stored spans/s, and at 19 more so (the merges left over from a burst no longer take
-a tenth of a core from the requests that follow it); nicer fronts raised spans/s but starved
-requests (p99 ~1 s), hence 0.
+a tenth of a core from the requests that follow it), and under SCHED_IDLE more so again (a CPU
+running only merges counts as idle when a request or an insert wakes up); nicer fronts raised
+spans/s but starved requests (p99 ~1 s), hence 0.
 Inserts at nice 4 (the thread that calls the store, where the embedded ClickHouse does much of
 an insert, and the pool threads it starts) lowered that p99 several-fold: a front answers a
 request without being preempted by an insert in the middle of it, and the insert still gets all
@@ -57,9 +59,12 @@ def renice_process(pid: int, increment: int) -> None:
         log.warning("renice_failed", pid=pid, error=str(exc))
 
 
-def renice_threads(prefixes: tuple[str, ...], increment: int, skip: Collection[int] = ()) -> list[int]:
+def renice_threads(
+    prefixes: tuple[str, ...], increment: int, skip: Collection[int] = (), *, idle: bool = False
+) -> list[int]:
     """Set this process's threads whose name starts with one of `prefixes` (except those in `skip`)
-    to `increment` nicer than the process; returns their ids. Raises PermissionError when the system
+    to `increment` nicer than the process, and with `idle` to the SCHED_IDLE policy (they run only
+    when a CPU has nothing else to run); returns their ids. Raises PermissionError when the system
     refuses (making a thread less nice than it is needs CAP_SYS_NICE or RLIMIT_NICE)."""
     target = _nicer(os.getpriority(os.PRIO_PROCESS, os.getpid()), increment)
     changed = []
@@ -74,6 +79,8 @@ def renice_threads(prefixes: tuple[str, ...], increment: int, skip: Collection[i
         try:
             if (task / "comm").read_text().strip().startswith(prefixes):
                 os.setpriority(os.PRIO_PROCESS, tid, target)
+                if idle:
+                    os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
                 changed.append(tid)
         except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
             continue
@@ -98,13 +105,15 @@ def renice_this_thread(increment: int) -> None:
         log.warning("renice_failed", thread=threading.current_thread().name, error=str(exc))
 
 
-async def keep_threads_nice(prefixes: tuple[str, ...], increment: int, interval_s: float = 1.0) -> None:
-    """Renice the store's threads named `prefixes`… now and whenever its pools start new ones;
-    runs until cancelled."""
+async def keep_threads_nice(
+    prefixes: tuple[str, ...], increment: int, *, idle: bool = False, interval_s: float = 1.0
+) -> None:
+    """Renice the store's threads named `prefixes`… (see `renice_threads`) now and whenever its
+    pools start new ones; runs until cancelled."""
     done: set[int] = set()
     while True:
         try:
-            if changed := renice_threads(prefixes, increment, done):
+            if changed := renice_threads(prefixes, increment, done, idle=idle):
                 done.update(changed)
                 log.debug("threads_reniced", prefixes=prefixes, threads=len(done), nice=increment)
         except PermissionError as exc:

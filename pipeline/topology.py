@@ -185,8 +185,9 @@ async def run_writer(config: Config) -> None:
 
         nursery.start_soon(metrics.sample_channels, {"spool": spool_send}, spool_gauges)
         nursery.start_soon(sample_active_parts, store, database)
-        if embedded and config.merge_nice:
-            nursery.start_soon(keep_threads_nice, MERGE_THREAD_PREFIXES, config.merge_nice)
+        if embedded and (config.merge_nice or config.merge_sched_idle):
+            nursery.start_soon(functools.partial(keep_threads_nice, MERGE_THREAD_PREFIXES, config.merge_nice,
+                                                 idle=config.merge_sched_idle))  # fmt: skip
         print("READY", flush=True)  # the supervisor starts the fronts on this line
         log.info("writer_ready", spool_pending_bytes=spool.pending_bytes())
         await stdin_closed()  # the supervisor's order, given once every front is gone

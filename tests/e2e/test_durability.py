@@ -231,6 +231,9 @@ def test_killed_worker_is_restarted_and_the_node_keeps_serving(tmp_path: Path) -
         assert [nice_of(pid) for pid in children] == [min(base + 7, 19)] * 2
         merge_nices = thread_nices(writer[0], "MergeMutate")
         assert merge_nices and set(merge_nices) == {min(base + 19, 19)}  # INGEST_MERGE_NICE default
+        merges = [int(t.name) for t in Path(f"/proc/{writer[0]}/task").iterdir()
+                  if (t / "comm").read_text().startswith("MergeMutate")]  # fmt: skip
+        assert {os.sched_getscheduler(tid) for tid in merges} == {os.SCHED_IDLE}  # INGEST_MERGE_SCHED_IDLE
         store_nices = thread_nices(writer[0], "foglamp-store")  # and threads the store started from it
         assert store_nices and set(store_nices) == {min(base + 4, 19)}  # INGEST_STORE_NICE default
         subprocess.run(["kill", "-9", children[0]], check=True)

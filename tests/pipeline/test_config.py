@@ -39,6 +39,11 @@ def test_priorities_default_to_nicer_store_work_only() -> None:
     config = load_config({})
     assert (config.front_nice, config.store_nice, config.merge_nice) == (0, 4, 19)
     assert load_config({"INGEST_MERGE_NICE": "0"}).merge_nice == 0
+    assert config.merge_sched_idle is True
+    assert load_config({"INGEST_MERGE_SCHED_IDLE": "0"}).merge_sched_idle is False
+    assert load_config({"INGEST_MERGE_SCHED_IDLE": "yes"}).merge_sched_idle is True
+    with pytest.raises(ConfigError, match="INGEST_MERGE_SCHED_IDLE='maybe' is not a valid bool"):
+        load_config({"INGEST_MERGE_SCHED_IDLE": "maybe"})
     assert load_config({"INGEST_STORE_NICE": "0"}).store_nice == 0
     with pytest.raises(ConfigError, match="INGEST_STORE_NICE must be in 0..19"):
         load_config({"INGEST_STORE_NICE": "20"})

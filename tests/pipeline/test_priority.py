@@ -52,6 +52,15 @@ def test_only_matching_threads_are_made_nicer_and_only_once() -> None:
         assert os.getpriority(os.PRIO_PROCESS, other) == base
         assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == base
         assert renice_threads(("MergeMutate",), 3, done) == []  # already done: left alone
+        assert os.sched_getscheduler(merge) == os.SCHED_OTHER
+
+
+def test_threads_can_be_put_under_sched_idle() -> None:
+    with named_thread("MergeMutate8") as merge, named_thread("QueryPipeline") as other:
+        assert renice_threads(("MergeMutate",), 0, idle=True) == [merge]
+        assert os.sched_getscheduler(merge) == os.SCHED_IDLE
+        assert os.sched_getscheduler(other) == os.SCHED_OTHER
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # this thread, the process's own
 
 
 async def test_the_store_thread_runs_calls_in_order_at_its_niceness() -> None:
