@@ -36,7 +36,7 @@ from pipeline.messages import StatusReply, decode_record
 from pipeline.spool import Position, Spool
 from stages.admission import QuotaLedger
 from stages.schema import TABLE
-from stages.spool import FlushSignal, block_bytes
+from stages.spool import FlushSignal
 
 log = get_logger("flush")
 
@@ -160,8 +160,10 @@ async def _flush_all(
         return records, end
 
     def more() -> bool:  # a full block waits, or the rest is due
-        full = spool.pending_bytes() >= block_bytes(config) or signal.rows_waiting >= config.flush_max_rows
-        return drain or full or pace.due(trio.current_time())
+        return drain or signal.full(config, spool.pending_bytes()) or pace.due(trio.current_time())
+
+    def behind(held: int) -> bool:  # a whole further block waits beyond the `held` bytes
+        return spool.pending_bytes() - held >= config.flush_max_bytes
 
     if not more():
         return cursor
@@ -173,12 +175,11 @@ async def _flush_all(
             return end
         blocks = [make_block(range_token(cursor, end), records)]
         held = sum(map(len, records))
-        behind = spool.pending_bytes() - held >= config.flush_max_bytes
         urgent = spool.pending_bytes() >= config.spool_high_water_bytes // 2  # half-way to the mark
         ahead = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_insert_or_deadletter, config, insert, blocks[0], health, urgent)
-            while behind and len(blocks) < max(2, parallel):
+            while behind(held) and len(blocks) < max(2, parallel):
                 ahead = await read(end)
                 if len(blocks) == parallel or not ahead[0]:
                     break  # read ahead for the next round
@@ -186,7 +187,6 @@ async def _flush_all(
                 blocks.append(make_block(range_token(end, next_end), records))
                 nursery.start_soon(_insert_or_deadletter, config, insert, blocks[-1], health, urgent)
                 end, held = next_end, held + sum(map(len, records))
-                behind = spool.pending_bytes() - held >= config.flush_max_bytes
         for block in blocks:
             for org_id, spans, month in block.charges:
                 flushed_ledger.charge(org_id, spans, month)

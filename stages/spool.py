@@ -48,18 +48,19 @@ def block_bytes(config: Config) -> int:
 @dataclass(slots=True)
 class FlushSignal:
     """Unflushed work announced by the spool stage to the flush stage. It wakes the flush as soon
-    as a full block waits (`flush_max_rows` rows or `block_bytes` since the last reset); smaller
-    amounts wait for the flush interval."""
+    as a full block waits (`full`); smaller amounts wait for the flush interval."""
 
-    rows_waiting: int = 0
-    bytes_waiting: int = 0
+    rows_waiting: int = 0  # since the last reset
     wakeup: trio.Event = field(default_factory=trio.Event)
     input_ended: bool = False
 
-    def add(self, rows: int, nbytes: int, config: Config) -> None:
+    def full(self, config: Config, pending_bytes: int) -> bool:
+        """A full block waits: `flush_max_rows` rows, or `block_bytes` of the spool unflushed."""
+        return self.rows_waiting >= config.flush_max_rows or pending_bytes >= block_bytes(config)
+
+    def add(self, rows: int, config: Config, pending_bytes: int) -> None:
         self.rows_waiting += rows
-        self.bytes_waiting += nbytes
-        if self.rows_waiting >= config.flush_max_rows or self.bytes_waiting >= block_bytes(config):
+        if self.full(config, pending_bytes):
             self.wakeup.set()
 
     def end(self) -> None:
@@ -67,7 +68,7 @@ class FlushSignal:
         self.wakeup.set()
 
     def reset(self) -> None:
-        self.rows_waiting = self.bytes_waiting = 0
+        self.rows_waiting = 0
         self.wakeup = trio.Event()
 
 
@@ -151,7 +152,7 @@ async def _commit_group(
     for job in admitted:
         ledger.charge(job.append.org_id, job.append.spans, month)
         _answer(job, "ok")
-    flush.add(sum(j.append.spans for j in admitted), sum(map(len, payloads)), config)
+    flush.add(sum(j.append.spans for j in admitted), config, spool.pending_bytes())
 
 
 def _answer(job: SpoolJob, status: AppendStatus, retry_after_s: int = 0) -> None:

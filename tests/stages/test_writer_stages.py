@@ -276,7 +276,7 @@ async def _paced_flush(tmp_path: Path, store_dir: Path, config: Config, batches:
             for i in range(batches):
                 record = encode_record("org", 5, 202611, _rows(5, trace=f"paced-{i}"))
                 await trio.to_thread.run_sync(spool.append, [record])
-                signal.add(5, len(record), config)
+                signal.add(5, config, spool.pending_bytes())
                 await trio.sleep(every_s)
             signal.end()
         assert spool.pending_bytes() == 0
