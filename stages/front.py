@@ -38,6 +38,7 @@ from pipeline.jobs import Job, Rejected
 from pipeline.link import Call, call
 from pipeline.messages import Admit, AdmitReply, AppendReply
 from stages.decompress import ENCODINGS
+from stages.docs_page import install_docs
 from stages.openapi import openapi_document
 
 _json = msgspec.json.Encoder()
@@ -242,6 +243,8 @@ def create_app(
     @app.get("/openapi.json")
     async def openapi() -> Response:
         return json_response(200, openapi_document())
+
+    install_docs(app)  # GET /docs: the API reference and playground
 
     async def asgi(scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope["path"] == "/ingest" and scope["method"] == "POST":
