@@ -97,8 +97,10 @@ def choose_example(driver: WebDriver, name: str) -> None:
     select = wait_for(driver, f"{INGEST} .opblock-section-request-body .examples-select select")
     Select(select).select_by_value(name)
     WebDriverWait(driver, 10).until(
-        lambda d: name in d.find_element(By.CSS_SELECTOR, f"{INGEST} textarea.body-param__text").get_attribute("value")
-        or True
+        lambda d: (
+            name in d.find_element(By.CSS_SELECTOR, f"{INGEST} textarea.body-param__text").get_attribute("value")
+            or True
+        )
     )
 
 
