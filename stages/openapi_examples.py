@@ -46,13 +46,28 @@ def _answer(summary: str, value: dict[str, Any]) -> dict[str, Any]:
 
 ANSWERS: dict[str, dict[str, Any]] = {
     "accepted": _answer("Accepted", {"accepted": 2}),
-    "invalid_body": _answer("Not JSON", {"error": "invalid_body",
-                                         "message": "JSON is malformed: invalid character (byte 0)"}),  # fmt: skip
-    "invalid_payload": _answer("Payload issues", {"error": "invalid_payload", "issues": [
-        {"path": ["traces", 0, "spans", 0, "startTime"], "code": "missing_field",
-         "message": "Object missing required field `startTime`"},
-        {"path": ["traces", 0, "spans", 0, "usage", "inputTokens"], "code": "out_of_range",
-         "message": "Expected `int` >= 0"}]}),  # fmt: skip
+    "invalid_body": _answer(
+        "Not JSON",
+        {"error": "invalid_body", "message": "body is not valid JSON: JSON is malformed: invalid character (byte 0)"},
+    ),  # fmt: skip
+    "invalid_payload": _answer(
+        "Payload issues",
+        {
+            "error": "invalid_payload",
+            "issues": [
+                {
+                    "path": ["traces", 0, "spans", 0, "startTime"],
+                    "code": "required",
+                    "message": "`startTime` is required",
+                },
+                {
+                    "path": ["traces", 0, "spans", 0, "usage", "inputTokens"],
+                    "code": "invalid_value",
+                    "message": "Expected `int` >= 0",
+                },
+            ],
+        },
+    ),  # fmt: skip
     "unauthorized": _answer("No valid key", {"error": "unauthorized"}),
     "payload_too_large": _answer("Too large", {"error": "payload_too_large", "limit": 5242880}),
     "unsupported_media_type": _answer("Unsupported media type", {"error": "unsupported_media_type"}),
