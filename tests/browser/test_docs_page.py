@@ -38,6 +38,12 @@ from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 INGEST = "#operations-ingest-ingest"
+HIDE_KEYS = """
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+  node.nodeValue = node.nodeValue.replace(/fl_[A-Za-z0-9_-]+/g, "fl_…");
+}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +93,8 @@ def execute(driver: WebDriver, screenshot: Path | None = None) -> tuple[str, str
         live = driver.find_element(By.CSS_SELECTOR, f"{INGEST} .live-responses-table")
         driver.execute_script("arguments[0].scrollIntoView({block: 'end'})", live)
         screenshot.parent.mkdir(exist_ok=True)
+        # The README shows no key, not even a test's throwaway one.
+        driver.execute_script(HIDE_KEYS)
         driver.save_screenshot(str(screenshot))
     click(driver, f"{INGEST} .btn-clear")  # so that the next answer is a new one
     WebDriverWait(driver, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, f"{INGEST} .live-responses-table"))
@@ -94,13 +102,13 @@ def execute(driver: WebDriver, screenshot: Path | None = None) -> tuple[str, str
 
 
 def choose_example(driver: WebDriver, name: str) -> None:
+    """Pick a named request example; wait until the body editor holds it (its trace id)."""
     select = wait_for(driver, f"{INGEST} .opblock-section-request-body .examples-select select")
     Select(select).select_by_value(name)
+    trace_id = f"docs-{'example' if name == 'valid' else name}-trace"
+    editor = f"{INGEST} textarea.body-param__text"
     WebDriverWait(driver, 10).until(
-        lambda d: (
-            name in d.find_element(By.CSS_SELECTOR, f"{INGEST} textarea.body-param__text").get_attribute("value")
-            or True
-        )
+        lambda d: trace_id in d.find_element(By.CSS_SELECTOR, editor).get_attribute("value")
     )
 
 
