@@ -49,7 +49,9 @@ def test_the_node_keeps_its_documented_contract(node: Node, tmp_path: Path) -> N
         "--request-timeout", "20",
         "--report-dir", str(tmp_path),
     ]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, env=child_env({"NO_COLOR": "1"}), timeout=600)
+    run = subprocess.run(
+        command, capture_output=True, text=True, env=child_env({"NO_COLOR": "1"}), timeout=600, cwd=tmp_path
+    )
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
     assert "4 selected / 4 total" in run.stdout, run.stdout  # every documented operation was exercised
 
