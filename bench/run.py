@@ -34,8 +34,9 @@ from typing import Any
 
 import trio
 
-from bench import bench_price, bench_validate, ceilings, loadtest
+from bench import bench_price, bench_validate, ceilings
 from bench.ceilings import REPO
+from node import loadtest
 from pipeline.config import Config
 
 FLUSH = Config()  # the node's defaults, which the bench runs with

@@ -1,6 +1,6 @@
 """Draining (SPEC §6): what starts it, and the state request handlers read while it runs.
 
-The drain sequence itself is a fixed nesting of nurseries and deadlines in `pipeline.topology`
+The drain sequence itself is a fixed nesting of nurseries and deadlines in `node.topology`
 (stop upstream first, so each stage drains into a live consumer). This module only provides its
 trigger: `watch_for_drain` flips `DrainState.draining` (new requests get 503 `draining`, `/readyz`
 answers 503) when SIGTERM or SIGINT arrives, or when the supervisor closes our stdin (it died, or

@@ -21,6 +21,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import clickhouse_connect
@@ -28,9 +29,13 @@ import outcome
 import trio
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from pipeline import metrics
+from pipeline.config import Config
 from pipeline.errors import PermanentError, RetryableError
+from pipeline.log import get_logger
 from pipeline.priority import StorePriority, name_this_thread, renice_this_thread
 
+log = get_logger("store")
 T = TypeVar("T")
 # Rows in `FORMAT MsgPack`: one buffer, or several inserted back to back as one block (no join).
 Rows = bytes | Sequence[bytes | bytearray | memoryview]
@@ -246,3 +251,34 @@ class AsyncStore:
                 if lane.thread is not None:
                     lane.thread.stop()
                     lane.thread = None
+
+
+def store_opener(config: Config) -> Store:
+    """The store `config` names, behind `pipeline.testing.FaultyStore` if a fault file is set."""
+    from pipeline.testing import FaultyStore  # it imports this module
+
+    store = open_store(config.store_url)
+    if config.store_fault_file:
+        return FaultyStore(store, Path(config.store_fault_file))
+    return store
+
+
+async def connect_once(store: AsyncStore) -> None:
+    """Open the store now if it is there; if not, the writer starts anyway (it spools, and the
+    flush retries)."""
+    try:
+        await store.connect()
+    except RetryableError as exc:
+        log.warning("store_unreachable_at_start", error=str(exc))
+
+
+async def sample_active_parts(store: AsyncStore, database: str, table: str, interval_s: float = 2.0) -> None:
+    """/metrics: the spans table's active parts, every `interval_s` (merges that fall behind, e.g.
+    at INGEST_MERGE_NICE under a long saturating load, show here first). Runs until cancelled; a
+    store that does not answer is skipped (the flush stage reports it)."""
+    sql = (f"SELECT count() AS c FROM system.parts WHERE active AND database = '{database}' "
+           f"AND table = '{table}'")  # fmt: skip
+    while True:
+        with contextlib.suppress(RetryableError, PermanentError):
+            metrics.store_active_parts.set(int((await store.query(sql, "tsv")).split()[-1]))
+        await trio.sleep(interval_s)

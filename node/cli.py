@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("--date", type=dt.date.fromisoformat, help="YYYY-MM-DD (default today)")
 
     loadtest = sub.add_parser("loadtest", parents=[common], help="load a node on this machine")
-    from bench.loadtest_args import add_arguments
+    from node.loadtest_args import add_arguments
 
     add_arguments(loadtest)
 
@@ -125,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    from pipeline.topology import preflight
+    from node.processes import preflight
 
     config = _child_config()
     configure("preflight", config.log_level)
@@ -138,7 +138,7 @@ def _child_config() -> Config:
 
 
 def cmd_writer(args: argparse.Namespace) -> int:
-    from pipeline.topology import writer_main
+    from node.processes import writer_main
 
     config = _child_config()
     configure("writer", config.log_level)
@@ -146,7 +146,7 @@ def cmd_writer(args: argparse.Namespace) -> int:
 
 
 def cmd_front(args: argparse.Namespace) -> int:
-    from pipeline.topology import front_main
+    from node.processes import front_main
 
     config = _child_config()
     configure(f"front-{os.getpid()}", config.log_level)
@@ -189,7 +189,7 @@ def cmd_orgs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_orgs_usage(args: argparse.Namespace) -> int:
-    from pipeline.usage import usage_rows
+    from node.usage import usage_rows
 
     config = config_of(args)
     with _controlplane(args) as cp:
@@ -255,16 +255,26 @@ def cmd_prices(args: argparse.Namespace) -> int:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from bench.loadtest import run
+    from node.loadtest import run
 
     return run(config_of(args), args)
 
 
+# Run before the tests, in order: style, the import layers (pyproject's [tool.importlinter]),
+# the type checker (pyproject's [tool.mypy]).
+CHECKS = (
+    ["-m", "ruff", "check", "."],
+    ["-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"],
+    ["-m", "mypy"],
+)
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     python = sys.executable
-    lint = subprocess.run([python, "-m", "ruff", "check", "."], cwd=REPO)
-    if lint.returncode != 0:
-        return lint.returncode
+    for check in CHECKS:
+        done = subprocess.run([python, *check], cwd=REPO)
+        if done.returncode != 0:
+            return done.returncode
     return subprocess.run([python, "-m", "pytest", *args.pytest_args], cwd=REPO).returncode
 
 

@@ -40,8 +40,8 @@ from urllib.parse import urlsplit
 
 import trio
 
-from bench.httpclient import Connection, Response, TransportError, request_head
-from bench.loadgen import BodyPool
+from node.httpclient import Connection, Response, TransportError, request_head
+from node.loadgen import BodyPool
 from pipeline.errors import FoglampError
 
 if TYPE_CHECKING:

@@ -24,11 +24,11 @@ import pytest
 import trio
 import zstandard
 
-from bench import loadtest
-from bench.httpclient import Connection, TransportError, request_head
-from bench.loadgen import MODELS, BodyPool
-from bench.loadtest import parse_target, run_load
-from bench.loadtest_args import add_arguments
+from node import loadtest
+from node.httpclient import Connection, TransportError, request_head
+from node.loadgen import MODELS, BodyPool
+from node.loadtest import parse_target, run_load
+from node.loadtest_args import add_arguments
 from pipeline.config import Config
 
 DROP = "drop"
