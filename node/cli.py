@@ -33,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, help="front worker processes (default: CPU count)")
 
-    orgs = sub.add_parser("orgs", help="organizations and quotas")
-    orgs = orgs.add_subparsers(dest="action", required=True)
+    orgs = sub.add_parser("orgs", help="organizations and quotas").add_subparsers(dest="action", required=True)
     create = orgs.add_parser("create", parents=[common])
     create.add_argument("name")
     create.add_argument("--monthly-span-quota", type=int)

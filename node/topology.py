@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import Any
 
 import trio
 
@@ -70,7 +71,8 @@ async def run_front_worker(config: Config, listen_fd: int) -> None:
     try:
         async with trio.open_nursery() as background:  # until cancelled: drain trigger, gauges
             background.start_soon(watch_for_drain, state)
-            channels = {"validate": validate_send, "price": price_send, "link": link_send}
+            channels: dict[str, trio.MemorySendChannel[Any]] = {"validate": validate_send, "price": price_send,
+                                                                "link": link_send}  # fmt: skip
             background.start_soon(metrics.sample_channels, channels)
             async with trio.open_nursery() as stages:  # ends when end-of-input reaches the link
                 await stages.start(run_link, config.writer_socket, link_receive)

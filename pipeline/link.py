@@ -115,8 +115,8 @@ async def _serve_connection(
         async def read_replies() -> None:
             try:
                 async for payload in iter_frames(stream):
-                    reply = messages.decode(payload)
-                    waiter = pending.pop(reply.req_id, None)  # type: ignore[union-attr]
+                    reply = messages.decode(payload)  # type: ignore[arg-type]  # msgspec reads any buffer
+                    waiter = pending.pop(reply.req_id, None)
                     if waiter is not None:
                         deliver(waiter, reply)
                     if input_ended and not pending:

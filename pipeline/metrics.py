@@ -55,14 +55,14 @@ def prepare_directory(data_dir: Path) -> Path:
 
 def mark_dead(pid: int) -> None:
     if os.environ.get(MULTIPROC_ENV):
-        _multiprocess.mark_process_dead(pid)
+        _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def exposition() -> bytes:
     """The text exposition of every process's metrics."""
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
-        _multiprocess.MultiProcessCollector(registry)
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()
 

@@ -16,6 +16,7 @@ Drain sequence (SPEC §6), each step with its own deadline inside `drain_timeout
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import signal
 import socket
@@ -206,9 +207,8 @@ async def supervise(config: Config) -> int:
             # 1. fronts: grace, in-flight requests, close links.
             async with trio.open_nursery() as stopping:
                 for front in fronts:
-                    stopping.start_soon(lambda f=front: _stop(
-                        f, config.drain_grace_s + config.drain_timeout_s, close_stdin=True,
-                        sig=signal.SIGTERM))  # fmt: skip
+                    stopping.start_soon(functools.partial(_stop, front, config.drain_grace_s + config.drain_timeout_s,
+                                                          close_stdin=True, sig=signal.SIGTERM))  # fmt: skip
             for sock in sockets:
                 sock.close()
             # 2. writer: final flush and checkpoint.

@@ -247,7 +247,7 @@ def create_app(
         if scope["type"] == "http" and scope["path"] == "/ingest" and scope["method"] == "POST":
             await ingest(scope, receive, send)
         else:
-            await app(scope, receive, send)
+            await app(scope, receive, send)  # type: ignore[arg-type]  # an ASGI scope
 
     return asgi
 
@@ -258,7 +258,7 @@ async def run_front(
     listen_fd: int,
     shutdown_trigger: Callable[[], Awaitable[None]],
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP on the inherited socket until `shutdown_trigger` returns and every request in
     flight has been answered (bounded by the drain timeout)."""

@@ -35,14 +35,14 @@ SLOW_COMMIT_MS = 100.0
 
 def decide(
     jobs: list[SpoolJob], ledger: QuotaLedger, month: int, spool_free_bytes: int
-) -> tuple[list[SpoolJob], list[tuple[SpoolJob, str]]]:
+) -> tuple[list[SpoolJob], list[tuple[SpoolJob, AppendStatus]]]:
     """Split a group into admitted jobs and (refused job, status). Plain function.
 
     Quota: a batch is admitted while its org is below quota; usage counts the admitted batches
     earlier in the same group, so two batches racing past the line cannot both cross it.
     """
     admitted: list[SpoolJob] = []
-    refused: list[tuple[SpoolJob, str]] = []
+    refused: list[tuple[SpoolJob, AppendStatus]] = []
     pending: dict[str, int] = {}
     for job in jobs:
         a = job.append
