@@ -178,8 +178,8 @@ class AsyncStore:
     Resource handling: owns the handles it opens and their threads; `close()` releases them. A
     handle is (re)opened on the first call that needs it, and `setup` statements (the schema) run
     right after each open, so a writer can start, and spool, while a ClickHouse server is still down.
-    Error handling: the store's `RetryableError` / `PermanentError` propagate unchanged; a failure
-    to open is a `RetryableError`.
+    Error handling: the store's `RetryableError` / `PermanentError` propagate unchanged; any other
+    exception is a bug and propagates too (the flush retries only `RetryableError`).
     """
 
     def __init__(
@@ -193,12 +193,7 @@ class AsyncStore:
 
     def _connected(self, lane: _Lane) -> Store:
         if lane.store is None:
-            try:
-                store = self._opener()
-            except (RetryableError, PermanentError):
-                raise
-            except Exception as exc:
-                raise RetryableError(f"cannot open the store: {exc}") from exc
+            store = self._opener()  # the client's failures are translated; anything else is a bug
             try:
                 for statement in self._setup:
                     store.command(statement)
