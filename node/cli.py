@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, inherited_config, load_config
 from pipeline.errors import FoglampError
 from pipeline.log import configure
 
@@ -133,7 +133,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def _child_config() -> Config:
-    return Config.from_json(os.environ["FOGLAMP_CONFIG"])
+    return inherited_config()
 
 
 def cmd_writer(args: argparse.Namespace) -> int:

@@ -127,7 +127,9 @@ async def run_writer(config: Config) -> None:
                 await spooling.start(functools.partial(run_spool, config, spool, ledger, flush_signal,
                                                        spool_receive, clock=clock))  # fmt: skip
                 async with spool_send, trio.open_nursery() as links:  # until the supervisor's order
-                    await links.start(serve_links, config.writer_socket, functools.partial(dispatch, routes))
+                    route = functools.partial(dispatch, routes)
+                    await links.start(functools.partial(serve_links, config.writer_socket, route,
+                                                        reply_capacity=config.link_reply_capacity))  # fmt: skip
                     print("READY", flush=True)  # the supervisor starts the fronts on this line
                     log.info("writer_ready", spool_pending_bytes=spool.pending_bytes())
                     await stdin_closed()  # given once every front is gone

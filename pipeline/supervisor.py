@@ -28,14 +28,13 @@ from pathlib import Path
 import trio
 
 from pipeline import metrics
-from pipeline.config import Config
+from pipeline.config import Config, child_environment, share_metrics_dir
 from pipeline.errors import ConfigError
 from pipeline.log import get_logger
 from pipeline.priority import renice_process
 
 log = get_logger("supervisor")
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
-CONFIG_ENV = "FOGLAMP_CONFIG"
 RESTART_DELAY_S = 0.5
 RESTART_MAX_DELAY_S = 30.0
 STABLE_AFTER_S = 10.0  # a child that ran this long is restarted at once again
@@ -115,7 +114,7 @@ def run_preflight(config: Config) -> int:
 
 
 def _child_env(config: Config) -> dict[str, str]:
-    return {**MALLOC_ENV, **os.environ, CONFIG_ENV: config.to_json(), "FOGLAMP_NO_BOOTSTRAP": "1"}
+    return child_environment(config, MALLOC_ENV)
 
 
 async def _start(child: Child, config: Config) -> trio.Process:
@@ -184,7 +183,7 @@ async def _stop(child: Child, deadline_s: float, *, close_stdin: bool, sig: int 
 async def supervise(config: Config) -> int:
     lock_fd = acquire_node_lock(config.data_dir)
     sockets = listen(config)
-    os.environ[metrics.MULTIPROC_ENV] = str(metrics.prepare_directory(config.data_dir))
+    share_metrics_dir(metrics.prepare_directory(config.data_dir))
     writer = Child("writer", ["_writer"])
     fronts = [
         Child(f"front-{i + 1}", ["_front", "--fd", str(sock.fileno())], (sock.fileno(),))

@@ -265,8 +265,8 @@ async def run_front(
     hconfig = HypercornConfig()
     hconfig.bind = [f"fd://{listen_fd}"]
     hconfig.graceful_timeout = config.drain_timeout_s
-    hconfig.keep_alive_timeout = 75.0
-    hconfig.backlog = 2048
+    hconfig.keep_alive_timeout = config.http_keep_alive_s
+    hconfig.backlog = config.http_backlog
     hconfig.accesslog = None
     hconfig.errorlog = None
     set_read_size(config.http_read_bytes)

@@ -29,7 +29,6 @@ from pipeline.spool import Spool
 from stages.admission import QuotaLedger, month_of
 
 log = get_logger("spool")
-MAX_GROUP = 512
 SLOW_COMMIT_MS = 100.0
 
 
@@ -73,7 +72,7 @@ async def run_spool(
         try:
             async for first in receive:
                 jobs = [first]
-                while len(jobs) < MAX_GROUP:
+                while len(jobs) < config.spool_max_group:
                     try:
                         jobs.append(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
