@@ -175,7 +175,7 @@ def cmd_orgs_create(args: argparse.Namespace) -> int:
 def cmd_orgs_set_quota(args: argparse.Namespace) -> int:
     with _controlplane(args) as cp:
         org = cp.set_quota(args.org, _optional_number(args.quota, int))
-    print(f"{org.id} {org.name} monthly_span_quota={org.monthly_span_quota or 'unlimited'}")
+    print(f"{org.id} {org.name} monthly_span_quota={_show(org.monthly_span_quota, 'unlimited')}")
     return 0
 
 

@@ -44,7 +44,7 @@ from stages.price import PriceTable
 from stages.price_stage import run_price
 from stages.route import Routes, dispatch
 from stages.schema import COLUMN_NAMES, TABLE, ddl
-from stages.spool import run_spool
+from stages.spool_stage import run_spool
 from stages.validate_stage import run_validate
 
 log = get_logger("topology")

@@ -40,8 +40,8 @@ async def stdin_closed() -> None:
             pass
 
 
-async def watch_for_drain(state: DrainState, *, signals: bool = True) -> None:
-    """Begin draining on SIGTERM/SIGINT (if `signals`) or stdin EOF. Runs until cancelled, so
+async def watch_for_drain(state: DrainState) -> None:
+    """Begin draining on SIGTERM/SIGINT or stdin EOF. Runs until cancelled, so
     later signals (Ctrl-C reaches the whole process group, then the supervisor forwards SIGTERM)
     are absorbed instead of killing the process mid-drain."""
     async with trio.open_nursery() as nursery:
@@ -55,6 +55,5 @@ async def watch_for_drain(state: DrainState, *, signals: bool = True) -> None:
             await stdin_closed()
             state.begin("stdin closed")
 
-        if signals:
-            nursery.start_soon(on_signals)
+        nursery.start_soon(on_signals)
         nursery.start_soon(on_stdin)

@@ -95,13 +95,12 @@ def listen(config: Config) -> list[socket.socket]:
         # A plain bind first: SO_REUSEPORT alone would quietly share the port with another node.
         socket.create_server((config.host, config.port)).close()
         for _ in range(config.workers):
-            sock = socket.create_server((config.host, config.port), backlog=2048, reuse_port=True)
+            sock = socket.create_server((config.host, config.port), backlog=config.http_backlog, reuse_port=True)
             sock.set_inheritable(True)
             sockets.append(sock)
     except OSError as exc:
         for sock in sockets:
-            for sock in sockets:
-                sock.close()
+            sock.close()
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
     return sockets
 

@@ -99,8 +99,6 @@ def outcome_answer(outcome: Any, limit_headers: dict[str, str]) -> Answer:
         metrics.spans_rejected.labels(outcome.status).inc(outcome.spans)
         if outcome.status == "quota_exceeded":
             return 429, {"error": "quota_exceeded"}, limit_headers
-        if outcome.status == "draining":
-            return 503, {"error": "draining"}, {"Connection": "close"}
         return overloaded(outcome.retry_after_s)
     return overloaded()
 

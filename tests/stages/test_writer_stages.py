@@ -36,7 +36,7 @@ from stages.payload import Span, Trace
 from stages.price import Priced
 from stages.rows import encode_rows, span_row, truncate_utf8
 from stages.schema import COLUMN_NAMES, COLUMNS, TABLE, ddl
-from stages.spool import decide, run_spool
+from stages.spool_stage import decide, run_spool
 
 UTC = dt.timezone.utc
 

@@ -28,7 +28,7 @@ from pipeline.messages import AppendReply, AppendStatus, spool_payload
 from pipeline.spool import Spool
 from stages.admission import QuotaLedger, month_of
 
-log = get_logger("spool")
+log = get_logger("spool_stage")
 SLOW_COMMIT_MS = 100.0
 
 
