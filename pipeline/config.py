@@ -60,8 +60,8 @@ class Config:
     spool_max_group: int = 512  # appends committed with one fsync, at most
     link_reply_capacity: int = 4096  # replies a link connection holds for a front that stops reading
     max_inflight_requests: int = 32  # per front worker, bodies held at once; past it: 503
-    # Largest socket read of a front (Hypercorn's 64 KiB otherwise): a 200 KB body in ~3 reads, not
-    # ~5, each of which costs a trip through h11 and Hypercorn; up to 10 reads wait per connection.
+    # Largest socket read of a front (Hypercorn's 64 KiB otherwise): fewer trips through h11 and
+    # Hypercorn per body (docs/PERFORMANCE.md, "HTTP read size").
     http_read_bytes: int = 128 * 1024
     http_keep_alive_s: float = 75.0  # an idle client connection is closed after this
     http_backlog: int = 2048  # connections the kernel queues before the fronts accept them

@@ -7,10 +7,10 @@ so request handlers never write to a link themselves.
 Error handling: a stream that ends between frames ends the iteration cleanly; one that ends in the
 middle of a frame, or announces a frame over `MAX_FRAME_BYTES`, raises `PermanentError`.
 
-Memory: a batch's frame is 100 KB or more, and every fresh buffer of that size costs page faults
-(about 3 µs per 4 KiB page here, more than the copy). So a sender encodes into one buffer it
-keeps (`FrameBuffer`), and a receiver reads a large payload straight into its destination
-(`recv_into`), with optional headroom in front for the bytes the writer adds before spooling it.
+Memory: a batch's frame is 100 KB or more, and a fresh buffer of that size costs page faults. So
+a sender encodes into one buffer it keeps (`FrameBuffer`), and a receiver reads a large payload
+straight into its destination (`recv_into`), with optional headroom in front for the bytes the
+writer adds before spooling it (measurements: docs/PERFORMANCE.md, "Page faults").
 """
 
 from __future__ import annotations

@@ -39,16 +39,9 @@ RESTART_DELAY_S = 0.5
 RESTART_MAX_DELAY_S = 30.0
 STABLE_AFTER_S = 10.0  # a child that ran this long is restarted at once again
 # glibc malloc for processes that move 100 KB+ buffers all day: few arenas; buffers up to 1 MiB
-# (request bodies, frames, spool records) reuse heap memory, larger ones get their own mappings.
-# Every fresh page costs a page fault, ~3 µs per 4 KiB here, more than copying it: with 128 KiB
-# (every batch-sized buffer freshly mapped) the fronts took ~8k faults/s each and the writer ~45k
-# under load, about a tenth of the machine's CPU; at 1 MiB the fronts take none and the writer's
-# Python side none (docs/PERFORMANCE.md), for ~50 MB more writer RSS. The embedded ClickHouse has
-# its own allocator (jemalloc, read from JE_MALLOC_CONF), which by default keeps freed pages for
-# 5 s: the writer returns them at once (0 s). With parallel inserts and merges each taking 150-250
-# MB for a moment, a decay of 0.2-0.5 s let the node tree pass 1 GiB under 2x overload in some
-# runs (1,010-1,036 MiB); at 0 s its peak is ~80-160 MB lower, for some more writer CPU in page
-# faults. An operator's own values in the environment win.
+# (request bodies, frames, spool records) reuse heap memory instead of fresh pages, and the
+# embedded ClickHouse's jemalloc returns freed pages at once. Why these values:
+# docs/PERFORMANCE.md ("Allocator settings"). An operator's own values in the environment win.
 MALLOC_ENV = {
     "MALLOC_ARENA_MAX": "2",
     "MALLOC_MMAP_THRESHOLD_": "1048576",
