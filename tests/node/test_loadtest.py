@@ -1,4 +1,4 @@
-"""`bench/loadtest.py`, its body pool and its HTTP client, end to end against a scripted server.
+"""`node/loadtest.py`, its body pool and its HTTP client, end to end against a scripted server.
 
 The server below (`ScriptedServer`) is a real HTTP/1.1 server on 127.0.0.1 (port 0) that answers
 request number n with `script(n, request)`: a `Reply`, or `DROP` to close the connection without
