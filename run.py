@@ -46,7 +46,7 @@ def bootstrap() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import main as cli_main
+    from node.cli import main as cli_main
 
     return cli_main(sys.argv[1:] if argv is None else argv)
 

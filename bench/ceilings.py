@@ -132,7 +132,7 @@ class TreeSampler(threading.Thread):
 @contextmanager
 def retry_after_seen() -> Iterator[dict[str, int]]:
     """Count the loadtest's retried replies (429/503) with and without a Retry-After header."""
-    from bench import loadtest
+    from node import loadtest
 
     counts, original = {"with": 0, "without": 0}, loadtest.retry_after_s
 
@@ -151,7 +151,7 @@ def retry_after_seen() -> Iterator[dict[str, int]]:
 def raw_insert_child(rows_wanted: int, block_rows: int, streams: int = 1, spans_per_body: int = 100) -> dict:
     """In this process: build ~`rows_wanted` node rows, insert them in `block_rows` blocks, through
     `streams` handles at once (one thread each, blocks dealt round-robin)."""
-    from bench.loadgen import BodyPool
+    from node.loadgen import BodyPool
     from pipeline.store import open_store
     from stages.price import PriceTable
     from stages.price_stage import priced_rows

@@ -34,8 +34,9 @@ from typing import Any
 
 import trio
 
-from bench import bench_price, bench_validate, ceilings, loadtest
+from bench import bench_price, bench_validate, ceilings
 from bench.ceilings import REPO
+from node import loadtest
 from pipeline.config import Config
 
 FLUSH = Config()  # the node's defaults, which the bench runs with
@@ -262,7 +263,7 @@ def render(r: dict) -> str:
         f"| {m['nproc']} | {m['cpu_model']} | {m['memory_gib']} GiB | {m['python']} | {m['kernel']} "
         f"| {' '.join(map(str, r['loadavg_before']))} | {' '.join(map(str, r['loadavg_after']))} |", "",
         "## Command", "", "```", r["command"], "```", "", f"Plan: `{json.dumps(r['plan'])}`. Bodies of {spans} "
-        "spans (bench/loadgen.py, JSON, about 2 KB per span), one API key, 127.0.0.1 only.", "",
+        "spans (node/loadgen.py, JSON, about 2 KB per span), one API key, 127.0.0.1 only.", "",
         "## Numbers", "",
         "| measure | value | detail |", "|---|---|---|", *[f"| {a} | {b} | {d} |" for a, b, d in rows],
         "", "## Ratios and targets", "", "| ratio / target | value | target | met |", "|---|---|---|---|",

@@ -11,7 +11,6 @@ its writer always agree on every setting.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -58,10 +57,14 @@ class Config:
     price_capacity: int = 32
     link_capacity: int = 64
     spool_capacity: int = 256
+    spool_max_group: int = 512  # appends committed with one fsync, at most
+    link_reply_capacity: int = 4096  # replies a link connection holds for a front that stops reading
     max_inflight_requests: int = 32  # per front worker, bodies held at once; past it: 503
-    # Largest socket read of a front (Hypercorn's 64 KiB otherwise): a 200 KB body in ~3 reads, not
-    # ~5, each of which costs a trip through h11 and Hypercorn; up to 10 reads wait per connection.
+    # Largest socket read of a front (Hypercorn's 64 KiB otherwise): fewer trips through h11 and
+    # Hypercorn per body (docs/PERFORMANCE.md, "HTTP read size").
     http_read_bytes: int = 128 * 1024
+    http_keep_alive_s: float = 75.0  # an idle client connection is closed after this
+    http_backlog: int = 2048  # connections the kernel queues before the fronts accept them
     enqueue_timeout_ms: int = 200  # a full channel for longer than this is a 503 overloaded
     ack_timeout_ms: int = 10_000  # the writer must have spooled a batch by then, or 503
 
@@ -113,15 +116,37 @@ class Config:
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
 
-    def replace(self, **changes: Any) -> Config:
-        return dataclasses.replace(self, **changes)
-
     def to_json(self) -> str:
         return json.dumps({f.name: _jsonable(getattr(self, f.name)) for f in fields(self)})
 
     @classmethod
     def from_json(cls, text: str) -> Config:
         return _build(json.loads(text))
+
+
+CONFIG_ENV = "FOGLAMP_CONFIG"  # a child process's whole config, as the supervisor resolved it
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client itself, in every process
+
+
+def inherited_config() -> Config:
+    """The config the supervisor handed this child process (`CONFIG_ENV`)."""
+    return Config.from_json(os.environ[CONFIG_ENV])
+
+
+def metrics_dir() -> str:
+    """The shared metrics directory the supervisor set up, or "" in a process on its own."""
+    return os.environ.get(METRICS_DIR_ENV, "")
+
+
+def share_metrics_dir(path: Path) -> None:
+    """Name the metrics directory for this process's prometheus_client and every child's."""
+    os.environ[METRICS_DIR_ENV] = str(path)
+
+
+def child_environment(config: Config, defaults: dict[str, str]) -> dict[str, str]:
+    """A child process's environment: `defaults` (the operator's own values win), this process's
+    environment, and the resolved config (`CONFIG_ENV`)."""
+    return {**defaults, **os.environ, CONFIG_ENV: config.to_json(), "FOGLAMP_NO_BOOTSTRAP": "1"}
 
 
 def env_name(field_name: str) -> str:
@@ -192,6 +217,7 @@ def _check(config: Config) -> None:
         "flush_interval_ms", "flush_max_rows", "flush_max_bytes", "spool_max_bytes", "spool_segment_bytes",
         "rate_limit_rps", "drain_timeout_s", "enqueue_timeout_ms", "ack_timeout_ms", "max_inflight_requests",
         "spool_high_water_bytes", "admit_max_wait_ms", "flush_parallel_inserts", "http_read_bytes",
+        "http_keep_alive_s", "http_backlog", "spool_max_group", "link_reply_capacity",
     ]  # fmt: skip
     for name in positive:
         if getattr(config, name) <= 0:

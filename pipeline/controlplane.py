@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from pipeline.errors import FoglampError
+from pipeline.errors import ControlPlaneError
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 5.0
@@ -85,10 +85,6 @@ _KEY_SELECT = """
 """
 # The hot path: one lookup in the key_hash unique index, one in the orgs primary key.
 AUTHENTICATE_SQL = _KEY_SELECT + " WHERE k.key_hash = ? AND k.revoked_at IS NULL"
-
-
-class ControlPlaneError(FoglampError):
-    """An operator's mistake: unknown org or key, duplicate org name, ambiguous prefix, bad value."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Draining (SPEC §6): what starts it, and the state request handlers read while it runs.
 
-The drain sequence itself is a fixed nesting of nurseries and deadlines in `pipeline.topology`
+The drain sequence itself is a fixed nesting of nurseries and deadlines in `node.topology`
 (stop upstream first, so each stage drains into a live consumer). This module only provides its
 trigger: `watch_for_drain` flips `DrainState.draining` (new requests get 503 `draining`, `/readyz`
 answers 503) when SIGTERM or SIGINT arrives, or when the supervisor closes our stdin (it died, or
@@ -40,8 +40,8 @@ async def stdin_closed() -> None:
             pass
 
 
-async def watch_for_drain(state: DrainState, *, signals: bool = True) -> None:
-    """Begin draining on SIGTERM/SIGINT (if `signals`) or stdin EOF. Runs until cancelled, so
+async def watch_for_drain(state: DrainState) -> None:
+    """Begin draining on SIGTERM/SIGINT or stdin EOF. Runs until cancelled, so
     later signals (Ctrl-C reaches the whole process group, then the supervisor forwards SIGTERM)
     are absorbed instead of killing the process mid-drain."""
     async with trio.open_nursery() as nursery:
@@ -55,6 +55,5 @@ async def watch_for_drain(state: DrainState, *, signals: bool = True) -> None:
             await stdin_closed()
             state.begin("stdin closed")
 
-        if signals:
-            nursery.start_soon(on_signals)
+        nursery.start_soon(on_signals)
         nursery.start_soon(on_stdin)

@@ -7,14 +7,15 @@ so request handlers never write to a link themselves.
 Error handling: a stream that ends between frames ends the iteration cleanly; one that ends in the
 middle of a frame, or announces a frame over `MAX_FRAME_BYTES`, raises `PermanentError`.
 
-Memory: a batch's frame is 100 KB or more, and every fresh buffer of that size costs page faults
-(about 3 µs per 4 KiB page here, more than the copy). So a sender encodes into one buffer it
-keeps (`FrameBuffer`), and a receiver reads a large payload straight into its destination
-(`recv_into`), with optional headroom in front for the bytes the writer adds before spooling it.
+Memory: a batch's frame is 100 KB or more, and a fresh buffer of that size costs page faults. So
+a sender encodes into one buffer it keeps (`FrameBuffer`), and a receiver reads a large payload
+straight into its destination (`recv_into`), with optional headroom in front for the bytes the
+writer adds before spooling it (measurements: docs/PERFORMANCE.md, "Page faults").
 """
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -47,6 +48,26 @@ class FrameBuffer:
         self._encode_into(message, self._buf, _HEADER.size)
         _HEADER.pack_into(self._buf, 0, len(self._buf) - _HEADER.size)
         return self._buf
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    """One frame's payload from a blocking socket (the CLI's one-shot links, `pipeline.query`).
+    Raises PermanentError if the peer closes first, or in the middle."""
+    header = _recv_exactly(sock, _HEADER.size)
+    (size,) = _HEADER.unpack(header)
+    if size > MAX_FRAME_BYTES:
+        raise PermanentError(f"frame of {size} bytes exceeds {MAX_FRAME_BYTES}")
+    return _recv_exactly(sock, size)
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise PermanentError(f"stream closed after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
 
 
 async def iter_frames(stream: trio.abc.ReceiveStream, *, headroom: int = 0) -> AsyncIterator[bytearray]:

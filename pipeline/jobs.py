@@ -8,12 +8,13 @@ never an exception. The payload is opaque here: plumbing never looks inside a tr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from pipeline.messages import AppendReply
+from pipeline.messages import AppendReply, AppendView
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +51,11 @@ def deliver(reply: trio.MemorySendChannel[Any], value: Any) -> None:
 
 def answer(job: Job, outcome: Outcome) -> None:
     deliver(job.reply, outcome)
+
+
+# The writer's unit of work: one Append on its way from a link connection to the spool stage.
+@dataclass(frozen=True, slots=True)
+class SpoolJob:
+    append: AppendView
+    frame: bytearray  # the Append as received: spooled as it is
+    reply: Callable[[AppendReply], None]

@@ -6,7 +6,8 @@ handlers never touch the socket. They put a `Call` (a message plus a one-slot re
 into the link's bounded input channel and wait on their reply channel. So a handler cancelled
 halfway (its client went away) cannot leave half a frame on the wire.
 
-Error handling: when the writer is unreachable or the connection drops, every waiting call is
+Error handling: when the writer is unreachable, the connection drops, or the writer's side sends a
+torn or undecodable frame (as `link_server` treats the same on its side), every waiting call is
 answered with `None` (the front turns that into 503 `overloaded` with `Retry-After`) and the link
 reconnects with backoff. A call is answered at most once.
 
@@ -24,6 +25,7 @@ import msgspec
 import trio
 
 from pipeline import messages
+from pipeline.errors import PermanentError
 from pipeline.frames import iter_frames
 from pipeline.jobs import deliver
 from pipeline.log import get_logger
@@ -113,38 +115,46 @@ async def _serve_connection(
         async def read_replies() -> None:
             try:
                 async for payload in iter_frames(stream):
-                    reply = messages.decode(payload)
-                    waiter = pending.pop(reply.req_id, None)  # type: ignore[union-attr]
+                    reply = messages.decode(payload)  # type: ignore[arg-type]  # msgspec reads any buffer
+                    waiter = pending.pop(reply.req_id, None)
                     if waiter is not None:
                         deliver(waiter, reply)
                     if input_ended and not pending:
                         all_answered.set()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, PermanentError,
+                    msgspec.MsgspecError) as exc:  # fmt: skip
+                # A broken socket, or a torn or undecodable frame: the stream is out of step.
+                log.warning("writer_connection_error", error=str(exc), pending=len(pending))
             # The writer closed the connection: nobody will answer what is pending.
-            for waiter in pending.values():
-                deliver(waiter, None)
-            pending.clear()
+            _answer_none(pending)
             all_answered.set()
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(read_replies)
-        async for item in receive:
-            req_id = next(ids)
-            pending[req_id] = item.reply
-            try:
-                message = msgspec.structs.replace(item.message, req_id=req_id)
-                await stream.send_all(out.encode(message))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                for waiter in pending.values():
-                    deliver(waiter, None)
-                pending.clear()
-                nursery.cancel_scope.cancel()
-                return False
-        input_ended = True
-        if not pending:
-            all_answered.set()
-        await all_answered.wait()
-        nursery.cancel_scope.cancel()
-        return True
+        try:
+            async for item in receive:
+                req_id = next(ids)
+                pending[req_id] = item.reply
+                try:
+                    message = msgspec.structs.replace(item.message, req_id=req_id)
+                    await stream.send_all(out.encode(message))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    nursery.cancel_scope.cancel()
+                    return False
+            input_ended = True
+            if not pending:
+                all_answered.set()
+            await all_answered.wait()
+            nursery.cancel_scope.cancel()
+            return True
+        finally:
+            # However the connection ends (including a call taken just as the reader gave up),
+            # nobody will answer what is still pending here.
+            _answer_none(pending)
     return False
+
+
+def _answer_none(pending: dict[int, trio.MemorySendChannel[messages.Message | None]]) -> None:
+    for waiter in pending.values():
+        deliver(waiter, None)
+    pending.clear()

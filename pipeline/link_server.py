@@ -36,7 +36,7 @@ async def serve_links(
     dispatch: Dispatch,
     *,
     reply_capacity: int = 4096,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     if socket_path.exists() or socket_path.is_symlink():
         socket_path.unlink()

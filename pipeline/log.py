@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
-_state = {"role": "cli", "level": 20}
+_state: dict[str, Any] = {"role": "cli", "level": 20}
 
 
 def configure(role: str, level: str = "info") -> None:

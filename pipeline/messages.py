@@ -149,7 +149,12 @@ def decode_inbound(data: bytes | bytearray | memoryview) -> WriterInbound:
 # received`: the writer spools the front's bytes as they are, and the flush stage takes the rows
 # out of them as a view. Version 2; there was never a version 1 on disk outside development.
 # The writer receives each frame with RECORD_PREFIX_BYTES of headroom, which `spool_payload`
-# fills in place: a batch is never copied on its way from the socket to the spool.
+# fills in place: a batch is never copied on its way from the socket to the spool. On disk,
+# `pipeline.spool` wraps each record in its own `length | crc32` header; that is the whole layout.
+# Where a batch's bytes are copied: rows encoded once (stages/rows.py) → into the front's frame
+# buffer (pipeline/frames.py FrameBuffer) → socket → straight into the record buffer
+# (pipeline/frames.py iter_frames, with headroom) → spool file (pipeline/spool.py append) → read
+# back in blocks (pipeline/spool.py read) → the ClickHouse client (pipeline/store.py insert_msgpack).
 RECORD_VERSION = 2
 RECORD_PREFIX_BYTES = 5
 _append_view_decoder = msgspec.msgpack.Decoder(AppendView)

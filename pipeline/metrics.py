@@ -12,7 +12,6 @@ flush, never per span).
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _multiprocess
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from pipeline.config import metrics_dir
 
 requests = Counter("foglamp_requests", "POST /ingest requests by status and error", ["status", "error"])
 admissions_delayed = Counter("foglamp_admissions_delayed",
@@ -54,15 +53,15 @@ def prepare_directory(data_dir: Path) -> Path:
 
 
 def mark_dead(pid: int) -> None:
-    if os.environ.get(MULTIPROC_ENV):
-        _multiprocess.mark_process_dead(pid)
+    if metrics_dir():
+        _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def exposition() -> bytes:
     """The text exposition of every process's metrics."""
-    if os.environ.get(MULTIPROC_ENV):
+    if metrics_dir():
         registry = CollectorRegistry()
-        _multiprocess.MultiProcessCollector(registry)
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()
 

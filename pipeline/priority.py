@@ -67,7 +67,7 @@ def renice_threads(
     when a CPU has nothing else to run); returns their ids. Raises PermissionError when the system
     refuses (making a thread less nice than it is needs CAP_SYS_NICE or RLIMIT_NICE)."""
     target = _nicer(os.getpriority(os.PRIO_PROCESS, os.getpid()), increment)
-    changed = []
+    changed: list[int] = []
     try:
         tasks = list(Path("/proc/self/task").iterdir())
     except OSError:  # no /proc (not Linux): threads cannot be told apart, nothing to do

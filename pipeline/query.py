@@ -8,11 +8,11 @@ store itself. Either way the SQL and the output formats are the same.
 from __future__ import annotations
 
 import socket
-import struct
 
 from pipeline import messages
 from pipeline.config import Config
 from pipeline.errors import PermanentError, RetryableError
+from pipeline.frames import frame, recv_frame
 from pipeline.store import open_store
 from pipeline.supervisor import node_running
 
@@ -46,17 +46,9 @@ def ask_writer(config: Config, message: messages.Message) -> messages.Message:
             sock.connect(str(config.writer_socket))
         except OSError as exc:
             raise RetryableError(f"the node is running but its writer does not answer: {exc}") from None
-        payload = messages.encode(message)
-        sock.sendall(struct.pack(">I", len(payload)) + payload)
-        size = struct.unpack(">I", _read_exactly(sock, 4))[0]
-        return messages.decode(_read_exactly(sock, size))
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise RetryableError("the writer closed the connection")
-        data += chunk
-    return bytes(data)
+        sock.sendall(frame(messages.encode(message)))
+        try:
+            payload = recv_frame(sock)
+        except PermanentError:
+            raise RetryableError("the writer closed the connection") from None
+        return messages.decode(payload)

@@ -309,13 +309,13 @@ class Spool:
 
     # ---- appending (the writer's thread)
 
-    def append(self, payloads: Sequence[bytes]) -> Position:
+    def append(self, payloads: Sequence[bytes | bytearray]) -> Position:
         """Write every payload, fsync once, and return the durable end (after the last record).
 
         A batch that would overflow the active segment starts a new one first (one more fsync,
         of the directory). Raises ValueError for an empty payload, RetryableError on I/O failure.
         """
-        frames: list[bytes] = []
+        frames: list[bytes | bytearray] = []
         for payload in payloads:
             if not 0 < len(payload) <= _MAX_PAYLOAD:
                 raise ValueError(f"spool payload length {len(payload)} out of range")
@@ -333,7 +333,8 @@ class Spool:
                 if self._rotate_next or (self._wpos > HEADER_SIZE and self._wpos + batch > self._max):
                     self._start_segment()
                     created.append(self._wseq)
-                chunk, size = [], self._wpos
+                chunk: list[bytes | bytearray] = []
+                size = self._wpos
                 for i in range(0, len(frames), 2):
                     record = len(frames[i]) + len(frames[i + 1])
                     if size > HEADER_SIZE and size + record > self._max:  # batch > one segment
@@ -372,7 +373,7 @@ class Spool:
             os.close(self._wfd)
         self._wfd, self._wpos, self._rotate_next = fd, HEADER_SIZE, False
 
-    def _write(self, chunk: list[bytes]) -> None:
+    def _write(self, chunk: list[bytes | bytearray]) -> None:
         self._wpos += _pwritev_all(self._wfd, chunk, self._wpos)
 
     def _abandon(self, published: Position, created: list[int]) -> None:
@@ -385,7 +386,7 @@ class Spool:
             lambda: self._unlink(created),
         ):
             try:
-                undo()
+                undo()  # type: ignore[no-untyped-call]
             except OSError as exc:
                 log.error("spool_undo_failed", error=str(exc))
 

@@ -21,16 +21,21 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
 
 import clickhouse_connect
 import outcome
 import trio
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from pipeline import metrics
+from pipeline.config import Config
 from pipeline.errors import PermanentError, RetryableError
+from pipeline.log import get_logger
 from pipeline.priority import StorePriority, name_this_thread, renice_this_thread
 
+log = get_logger("store")
 T = TypeVar("T")
 # Rows in `FORMAT MsgPack`: one buffer, or several inserted back to back as one block (no join).
 Rows = bytes | Sequence[bytes | bytearray | memoryview]
@@ -95,7 +100,7 @@ class translate_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is None or not isinstance(exc, (ClickHouseError, OSError)):
             return False
         message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
@@ -173,8 +178,8 @@ class AsyncStore:
     Resource handling: owns the handles it opens and their threads; `close()` releases them. A
     handle is (re)opened on the first call that needs it, and `setup` statements (the schema) run
     right after each open, so a writer can start, and spool, while a ClickHouse server is still down.
-    Error handling: the store's `RetryableError` / `PermanentError` propagate unchanged; a failure
-    to open is a `RetryableError`.
+    Error handling: the store's `RetryableError` / `PermanentError` propagate unchanged; any other
+    exception is a bug and propagates too (the flush retries only `RetryableError`).
     """
 
     def __init__(
@@ -188,12 +193,7 @@ class AsyncStore:
 
     def _connected(self, lane: _Lane) -> Store:
         if lane.store is None:
-            try:
-                store = self._opener()
-            except (RetryableError, PermanentError):
-                raise
-            except Exception as exc:
-                raise RetryableError(f"cannot open the store: {exc}") from exc
+            store = self._opener()  # the client's failures are translated; anything else is a bug
             try:
                 for statement in self._setup:
                     store.command(statement)
@@ -246,3 +246,34 @@ class AsyncStore:
                 if lane.thread is not None:
                     lane.thread.stop()
                     lane.thread = None
+
+
+def store_opener(config: Config) -> Store:
+    """The store `config` names, behind `pipeline.testing.FaultyStore` if a fault file is set."""
+    from pipeline.testing import FaultyStore  # it imports this module
+
+    store = open_store(config.store_url)
+    if config.store_fault_file:
+        return FaultyStore(store, Path(config.store_fault_file))
+    return store
+
+
+async def connect_once(store: AsyncStore) -> None:
+    """Open the store now if it is there; if not, the writer starts anyway (it spools, and the
+    flush retries)."""
+    try:
+        await store.connect()
+    except RetryableError as exc:
+        log.warning("store_unreachable_at_start", error=str(exc))
+
+
+async def sample_active_parts(store: AsyncStore, database: str, table: str, interval_s: float = 2.0) -> None:
+    """/metrics: the spans table's active parts, every `interval_s` (merges that fall behind, e.g.
+    at INGEST_MERGE_NICE under a long saturating load, show here first). Runs until cancelled; a
+    store that does not answer is skipped (the flush stage reports it)."""
+    sql = (f"SELECT count() AS c FROM system.parts WHERE active AND database = '{database}' "
+           f"AND table = '{table}'")  # fmt: skip
+    while True:
+        with contextlib.suppress(RetryableError, PermanentError):
+            metrics.store_active_parts.set(int((await store.query(sql, "tsv")).split()[-1]))
+        await trio.sleep(interval_s)

@@ -16,6 +16,7 @@ Drain sequence (SPEC §6), each step with its own deadline inside `drain_timeout
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import signal
 import socket
@@ -27,28 +28,20 @@ from pathlib import Path
 import trio
 
 from pipeline import metrics
-from pipeline.config import Config
+from pipeline.config import Config, child_environment, share_metrics_dir
 from pipeline.errors import ConfigError
 from pipeline.log import get_logger
 from pipeline.priority import renice_process
 
 log = get_logger("supervisor")
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
-CONFIG_ENV = "FOGLAMP_CONFIG"
 RESTART_DELAY_S = 0.5
 RESTART_MAX_DELAY_S = 30.0
 STABLE_AFTER_S = 10.0  # a child that ran this long is restarted at once again
 # glibc malloc for processes that move 100 KB+ buffers all day: few arenas; buffers up to 1 MiB
-# (request bodies, frames, spool records) reuse heap memory, larger ones get their own mappings.
-# Every fresh page costs a page fault, ~3 µs per 4 KiB here, more than copying it: with 128 KiB
-# (every batch-sized buffer freshly mapped) the fronts took ~8k faults/s each and the writer ~45k
-# under load, about a tenth of the machine's CPU; at 1 MiB the fronts take none and the writer's
-# Python side none (docs/PERFORMANCE.md), for ~50 MB more writer RSS. The embedded ClickHouse has
-# its own allocator (jemalloc, read from JE_MALLOC_CONF), which by default keeps freed pages for
-# 5 s: the writer returns them at once (0 s). With parallel inserts and merges each taking 150-250
-# MB for a moment, a decay of 0.2-0.5 s let the node tree pass 1 GiB under 2x overload in some
-# runs (1,010-1,036 MiB); at 0 s its peak is ~80-160 MB lower, for some more writer CPU in page
-# faults. An operator's own values in the environment win.
+# (request bodies, frames, spool records) reuse heap memory instead of fresh pages, and the
+# embedded ClickHouse's jemalloc returns freed pages at once. Why these values:
+# docs/PERFORMANCE.md ("Allocator settings"). An operator's own values in the environment win.
 MALLOC_ENV = {
     "MALLOC_ARENA_MAX": "2",
     "MALLOC_MMAP_THRESHOLD_": "1048576",
@@ -95,26 +88,25 @@ def listen(config: Config) -> list[socket.socket]:
         # A plain bind first: SO_REUSEPORT alone would quietly share the port with another node.
         socket.create_server((config.host, config.port)).close()
         for _ in range(config.workers):
-            sock = socket.create_server((config.host, config.port), backlog=2048, reuse_port=True)
+            sock = socket.create_server((config.host, config.port), backlog=config.http_backlog, reuse_port=True)
             sock.set_inheritable(True)
             sockets.append(sock)
     except OSError as exc:
         for sock in sockets:
-            for sock in sockets:
-                sock.close()
+            sock.close()
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
     return sockets
 
 
 def run_preflight(config: Config) -> int:
-    """`pipeline.topology.preflight` in a short-lived child: its exit code (2 with the problem
+    """`node.processes.preflight` in a short-lived child: its exit code (2 with the problem
     on stderr if the node cannot start). The supervisor lives as long as the node, so it keeps
     out of its memory what only the children need (the stages, the price table: ~35 MB)."""
     return subprocess.run([sys.executable, str(RUN_PY), "_preflight"], env=_child_env(config)).returncode
 
 
 def _child_env(config: Config) -> dict[str, str]:
-    return {**MALLOC_ENV, **os.environ, CONFIG_ENV: config.to_json(), "FOGLAMP_NO_BOOTSTRAP": "1"}
+    return child_environment(config, MALLOC_ENV)
 
 
 async def _start(child: Child, config: Config) -> trio.Process:
@@ -183,7 +175,7 @@ async def _stop(child: Child, deadline_s: float, *, close_stdin: bool, sig: int 
 async def supervise(config: Config) -> int:
     lock_fd = acquire_node_lock(config.data_dir)
     sockets = listen(config)
-    os.environ[metrics.MULTIPROC_ENV] = str(metrics.prepare_directory(config.data_dir))
+    share_metrics_dir(metrics.prepare_directory(config.data_dir))
     writer = Child("writer", ["_writer"])
     fronts = [
         Child(f"front-{i + 1}", ["_front", "--fd", str(sock.fileno())], (sock.fileno(),))
@@ -206,9 +198,8 @@ async def supervise(config: Config) -> int:
             # 1. fronts: grace, in-flight requests, close links.
             async with trio.open_nursery() as stopping:
                 for front in fronts:
-                    stopping.start_soon(lambda f=front: _stop(
-                        f, config.drain_grace_s + config.drain_timeout_s, close_stdin=True,
-                        sig=signal.SIGTERM))  # fmt: skip
+                    stopping.start_soon(functools.partial(_stop, front, config.drain_grace_s + config.drain_timeout_s,
+                                                          close_stdin=True, sig=signal.SIGTERM))  # fmt: skip
             for sock in sockets:
                 sock.close()
             # 2. writer: final flush and checkpoint.

@@ -5,6 +5,9 @@ ClickHouse outage does (`RetryableError`), or, if the file says `permanent`, the
 refuses a block does (`PermanentError`). Delete the file and the store is back. A running node
 uses it when `INGEST_STORE_FAULT_FILE` names such a file: tests create and delete the file to
 start and end an outage without mocks.
+
+`TornFrameWriter` is a writer's link socket that answers each front's request with half a frame
+and hangs up, for tests of the front's link reader.
 """
 
 from __future__ import annotations
@@ -12,7 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import trio
+
+from pipeline import messages
 from pipeline.errors import PermanentError, RetryableError
+from pipeline.frames import frame
 from pipeline.store import Rows, Store
 
 
@@ -44,3 +51,32 @@ class FaultyStore:
 
     def close(self) -> None:
         self._store.close()
+
+
+class TornFrameWriter:
+    """A writer's end of a link that tears every reply: it accepts a front's link, waits for one
+    request, sends half of a reply frame, then ends its side of the connection. `connections` counts
+    the links it accepted (a front that reconnects shows up as more than one)."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self.connections = 0
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(str(self.socket_path))
+        sock.listen(16)
+        await trio.serve_listeners(self._tear, [trio.SocketListener(sock)], task_status=task_status)
+
+    async def _tear(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        async with stream:
+            if not await stream.receive_some(65536):
+                return  # the front hung up before asking anything
+            reply = frame(messages.encode(messages.AdmitReply(1, True, 5.0, 4, 0.2, 0)))
+            await stream.send_all(reply[: len(reply) // 2])
+            await stream.send_eof()  # the front reads half a frame, then the end of the stream
+            while await stream.receive_some(65536):  # closing with unread bytes would reset the
+                pass  # connection instead, and the front would see a broken socket, not a torn frame

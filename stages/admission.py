@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from pipeline.messages import AdmitReply
+from pipeline.messages import AdmitReply, decode_record
+from pipeline.spool import Spool
 
 
 @dataclass(slots=True)
@@ -124,3 +125,17 @@ def month_of(epoch_s: float) -> int:
     """YYYYMM in UTC."""
     t = time.gmtime(epoch_s)
     return t.tm_year * 100 + t.tm_mon
+
+
+def replay_ledgers(spool: Spool) -> tuple[QuotaLedger, QuotaLedger]:
+    """(ledger of what is flushed, live ledger): the checkpoint's, plus the spool's unflushed records."""
+    position, state = spool.checkpointed
+    flushed = QuotaLedger.from_bytes(state)
+    live = QuotaLedger.from_bytes(state)
+    while True:
+        records, position = spool.read(position, max_bytes=64 << 20)
+        if not records:
+            return flushed, live
+        for payload in records:
+            record = decode_record(payload)
+            live.charge(record.org_id, record.spans, record.month)

@@ -35,7 +35,7 @@ def decompress(body: bytes | bytearray, encoding: str, limit: int) -> bytes | by
     raise ValueError(f"unsupported encoding {encoding!r}")  # the front refused it with 415 already
 
 
-def _gunzip(body: bytes, limit: int) -> bytes | TooLarge | Undecodable:
+def _gunzip(body: bytes | bytearray, limit: int) -> bytes | TooLarge | Undecodable:
     out = bytearray()
     data = body
     try:
@@ -54,7 +54,7 @@ def _gunzip(body: bytes, limit: int) -> bytes | TooLarge | Undecodable:
     return bytes(out)
 
 
-def _unzstd(body: bytes, limit: int) -> bytes | TooLarge | Undecodable:
+def _unzstd(body: bytes | bytearray, limit: int) -> bytes | TooLarge | Undecodable:
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(
             io.BytesIO(body), read_across_frames=True

@@ -31,29 +31,18 @@ import trio
 from pipeline import metrics
 from pipeline.config import Config
 from pipeline.errors import PermanentError, RetryableError
+from pipeline.flush_state import FlushHealth, FlushSignal
 from pipeline.log import get_logger
-from pipeline.messages import StatusReply, decode_record
+from pipeline.messages import decode_record
 from pipeline.spool import Position, Spool
 from stages.admission import QuotaLedger
 from stages.schema import TABLE
-from stages.spool import FlushSignal
 
 log = get_logger("flush")
 
 # (table, rows in COLUMNS order as consecutive buffers, dedup token, urgent: the spool is half-way
 # to its high-water mark, past which admissions wait for the flush)
 Insert = Callable[[str, list[memoryview], str, bool], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class FlushHealth:
-    """What /readyz and /metrics report about the sink."""
-
-    store_ok: bool = True
-    last_error: str = ""
-    rows_flushed: int = 0
-    failures: int = 0
-    deadlettered_records: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,18 +239,6 @@ async def _insert_with_retry(config: Config, insert: Insert, block: Block, healt
         log.info("flushed", rows=block.row_count, bytes=sum(map(len, block.rows)), ms=round(elapsed_ms, 1),
                  urgent=urgent)  # fmt: skip
         return
-
-
-def status_reply(req_id: int, config: Config, spool: Spool, health: FlushHealth) -> StatusReply:
-    return StatusReply(
-        req_id=req_id,
-        store_ok=health.store_ok,
-        store_error=health.last_error,
-        spool_pending_bytes=spool.pending_bytes(),
-        spool_max_bytes=config.spool_max_bytes,
-        rows_flushed=health.rows_flushed,
-        flush_failures=health.failures,
-    )
 
 
 def write_deadletter(directory: Path, block: Block) -> Path:

@@ -100,8 +100,6 @@ def outcome_answer(outcome: Any, limit_headers: dict[str, str]) -> Answer:
         metrics.spans_rejected.labels(outcome.status).inc(outcome.spans)
         if outcome.status == "quota_exceeded":
             return 429, {"error": "quota_exceeded"}, limit_headers
-        if outcome.status == "draining":
-            return 503, {"error": "draining"}, {"Connection": "close"}
         return overloaded(outcome.retry_after_s)
     return overloaded()
 
@@ -250,7 +248,7 @@ def create_app(
         if scope["type"] == "http" and scope["path"] == "/ingest" and scope["method"] == "POST":
             await ingest(scope, receive, send)
         else:
-            await app(scope, receive, send)
+            await app(scope, receive, send)  # type: ignore[arg-type]  # an ASGI scope
 
     return asgi
 
@@ -261,15 +259,15 @@ async def run_front(
     listen_fd: int,
     shutdown_trigger: Callable[[], Awaitable[None]],
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP on the inherited socket until `shutdown_trigger` returns and every request in
     flight has been answered (bounded by the drain timeout)."""
     hconfig = HypercornConfig()
     hconfig.bind = [f"fd://{listen_fd}"]
     hconfig.graceful_timeout = config.drain_timeout_s
-    hconfig.keep_alive_timeout = 75.0
-    hconfig.backlog = 2048
+    hconfig.keep_alive_timeout = config.http_keep_alive_s
+    hconfig.backlog = config.http_backlog
     hconfig.accesslog = None
     hconfig.errorlog = None
     set_read_size(config.http_read_bytes)

@@ -32,6 +32,7 @@ import datetime
 import functools
 import os
 import re
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from genai_prices import __version__ as GENAI_PRICES_VERSION
@@ -114,7 +115,7 @@ class PriceTable:
 
         table = cls(providers)
         if prices_file:
-            table.overrides = load_overrides(prices_file, table.provider_key)
+            table.overrides = load_overrides(Path(prices_file), table.provider_key)
             table.prices_file = os.fspath(prices_file)
         return table
 

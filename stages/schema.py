@@ -3,7 +3,7 @@
 This is the one place that names the columns and their order. Front workers encode each span as
 a sequence of msgpack values in `COLUMNS` order (ClickHouse `FORMAT MsgPack`), and the flush
 stage inserts those bytes as they are. Changing a column means changing `COLUMNS`, `DDL` and
-`stages.rows.span_row` together; `tests/stages/test_schema.py` checks they agree.
+`stages.rows.span_row` together.
 
 Deduplication: `ReplacingMergeTree(ingested_at)` keyed on (org_id, trace_id, span_id), so a
 replayed or re-sent span is one row in `SELECT … FINAL` (the latest ingest wins). Rows of one key
@@ -12,10 +12,8 @@ replay carries the same start time. Insert blocks also carry a deduplication tok
 (`non_replicated_deduplication_window`), so a retried insert is not even written twice.
 
 Merges: `merge_selector_base = 10` (ClickHouse's default is 5) makes background merges wider and
-less frequent, so each row is rewritten fewer times (lower write amplification) at the price of a
-few more parts per partition (about a dozen instead of three or four after 40 flushes). Measured
-on the node's own rows, 40 flushes of 16k rows: 43–47 µs of CPU per row with the default, 36–37
-with 10 (docs/PERFORMANCE.md).
+less frequent, so each row is rewritten fewer times, at the price of a few more parts per
+partition (measurements: docs/PERFORMANCE.md, "Merge width").
 
 The setting is (re)applied at every start, so tables created before it get it too.
 """

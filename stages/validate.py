@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
@@ -54,7 +54,7 @@ Media = Literal["json", "msgpack"]
 Path = list[str | int]
 
 _DECODERS = {"json": msgspec.json.Decoder(Batch), "msgpack": msgspec.msgpack.Decoder(Batch)}
-_GENERIC = {"json": msgspec.json.decode, "msgpack": msgspec.msgpack.decode}
+_GENERIC: dict[str, Callable[..., Any]] = {"json": msgspec.json.decode, "msgpack": msgspec.msgpack.decode}
 _ANY_MSGPACK = msgspec.msgpack.Decoder()
 _JSON = msgspec.json.Encoder()
 _MEDIA_NAMES = {"json": "JSON", "msgpack": "msgpack"}
@@ -90,7 +90,7 @@ def decode_batch(
         except UnicodeDecodeError as exc:
             return InvalidBody(f"body is not valid UTF-8 (byte {exc.start})")
     try:
-        batch = _DECODERS[media].decode(body)
+        batch = _DECODERS[media].decode(body)  # type: ignore[attr-defined]  # a JSON or a msgpack Decoder
     except msgspec.ValidationError as exc:
         return _explain(body, media, exc, _Issues(max_issues, from_json=media == "json"))
     except _NOT_DECODABLE as exc:
@@ -204,15 +204,15 @@ def _json_texts(batch: Batch, media: Media, issues: _Issues) -> None:
         for trace in batch.traces:
             for span in trace.spans:
                 text = b"" + span.input  # a copy into bytes; twice as fast as bytes(raw)
-                span.input = text if text and text != b"null" else None
+                span.input = text if text and text != b"null" else None  # type: ignore[assignment]  # the Raw becomes its JSON text
                 text = b"" + span.output
-                span.output = text if text and text != b"null" else None
+                span.output = text if text and text != b"null" else None  # type: ignore[assignment]
         return
     for ti, trace in enumerate(batch.traces):
         for si, span in enumerate(trace.spans):
             try:
-                span.input = _msgpack_to_json(span.input)
-                span.output = _msgpack_to_json(span.output)
+                span.input = _msgpack_to_json(span.input)  # type: ignore[assignment]
+                span.output = _msgpack_to_json(span.output)  # type: ignore[assignment]
             except _NOT_JSON:
                 _report_not_json(span, _at(ti, si), issues)
 
@@ -239,7 +239,7 @@ def _report_not_json(span: Span, path: Path, issues: _Issues) -> None:
 
 
 def _explain(
-    body: bytes, media: Media, first: msgspec.ValidationError, issues: _Issues
+    body: bytes | bytearray, media: Media, first: msgspec.ValidationError, issues: _Issues
 ) -> InvalidBody | InvalidPayload:
     try:
         value = _GENERIC[media](body)
@@ -302,7 +302,7 @@ def _shape(tp: Any) -> tuple[str, Any, Any]:
         return "list", Annotated[(list[Any], *metas)] if metas else None, get_args(base)[0]
     elif origin is dict:
         key, item = get_args(base)
-        return "dict", Annotated[(dict[key, Any], *metas)] if metas else dict[key, Any], item
+        return "dict", Annotated[(dict[key, Any], *metas)] if metas else dict[key, Any], item  # type: ignore[valid-type]  # a runtime type
     return "leaf", None, None
 
 

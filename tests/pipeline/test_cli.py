@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipeline.cli import main
+from node.cli import main
 from tests.nodes import RUN_PY, child_env
 
 

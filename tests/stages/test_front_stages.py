@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 from hypercorn.trio import tcp_server as hypercorn_tcp
 
-from bench.httpclient import Connection, request_head
+from node.httpclient import Connection, request_head
 from pipeline.config import Config
 from pipeline.jobs import Job, Rejected
 from pipeline.link import Call, call, run_link

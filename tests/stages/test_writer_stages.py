@@ -16,6 +16,8 @@ import trio
 import trio.testing
 
 from pipeline.config import Config
+from pipeline.flush_state import FlushHealth, FlushSignal
+from pipeline.jobs import SpoolJob
 from pipeline.messages import (
     RECORD_PREFIX_BYTES,
     Append,
@@ -29,12 +31,12 @@ from pipeline.spool import Position, Spool
 from pipeline.store import AsyncStore, open_store
 from pipeline.testing import FaultyStore
 from stages.admission import QuotaLedger, RateLimiter, month_of
-from stages.flush import FlushHealth, run_flush
+from stages.flush import run_flush
 from stages.payload import Span, Trace
 from stages.price import Priced
 from stages.rows import encode_rows, span_row, truncate_utf8
 from stages.schema import COLUMN_NAMES, COLUMNS, TABLE, ddl
-from stages.spool import FlushSignal, SpoolJob, decide, run_spool
+from stages.spool_stage import decide, run_spool
 
 UTC = dt.timezone.utc
 

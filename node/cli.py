@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, inherited_config, load_config
 from pipeline.errors import FoglampError
 from pipeline.log import configure
 
@@ -33,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, help="front worker processes (default: CPU count)")
 
-    orgs = sub.add_parser("orgs", help="organizations and quotas")
-    orgs = orgs.add_subparsers(dest="action", required=True)
+    orgs = sub.add_parser("orgs", help="organizations and quotas").add_subparsers(dest="action", required=True)
     create = orgs.add_parser("create", parents=[common])
     create.add_argument("name")
     create.add_argument("--monthly-span-quota", type=int)
@@ -73,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("--date", type=dt.date.fromisoformat, help="YYYY-MM-DD (default today)")
 
     loadtest = sub.add_parser("loadtest", parents=[common], help="load a node on this machine")
-    from bench.loadtest_args import add_arguments
+    from node.loadtest_args import add_arguments
 
     add_arguments(loadtest)
 
@@ -125,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    from pipeline.topology import preflight
+    from node.processes import preflight
 
     config = _child_config()
     configure("preflight", config.log_level)
@@ -134,11 +133,11 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def _child_config() -> Config:
-    return Config.from_json(os.environ["FOGLAMP_CONFIG"])
+    return inherited_config()
 
 
 def cmd_writer(args: argparse.Namespace) -> int:
-    from pipeline.topology import writer_main
+    from node.processes import writer_main
 
     config = _child_config()
     configure("writer", config.log_level)
@@ -146,7 +145,7 @@ def cmd_writer(args: argparse.Namespace) -> int:
 
 
 def cmd_front(args: argparse.Namespace) -> int:
-    from pipeline.topology import front_main
+    from node.processes import front_main
 
     config = _child_config()
     configure(f"front-{os.getpid()}", config.log_level)
@@ -176,7 +175,7 @@ def cmd_orgs_create(args: argparse.Namespace) -> int:
 def cmd_orgs_set_quota(args: argparse.Namespace) -> int:
     with _controlplane(args) as cp:
         org = cp.set_quota(args.org, _optional_number(args.quota, int))
-    print(f"{org.id} {org.name} monthly_span_quota={org.monthly_span_quota or 'unlimited'}")
+    print(f"{org.id} {org.name} monthly_span_quota={_show(org.monthly_span_quota, 'unlimited')}")
     return 0
 
 
@@ -189,7 +188,7 @@ def cmd_orgs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_orgs_usage(args: argparse.Namespace) -> int:
-    from pipeline.usage import usage_rows
+    from node.usage import usage_rows
 
     config = config_of(args)
     with _controlplane(args) as cp:
@@ -255,16 +254,26 @@ def cmd_prices(args: argparse.Namespace) -> int:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from bench.loadtest import run
+    from node.loadtest import run
 
     return run(config_of(args), args)
 
 
+# Run before the tests, in order: style, the import layers (pyproject's [tool.importlinter]),
+# the type checker (pyproject's [tool.mypy]).
+CHECKS = (
+    ["-m", "ruff", "check", "."],
+    ["-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"],
+    ["-m", "mypy"],
+)
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     python = sys.executable
-    lint = subprocess.run([python, "-m", "ruff", "check", "."], cwd=REPO)
-    if lint.returncode != 0:
-        return lint.returncode
+    for check in CHECKS:
+        done = subprocess.run([python, *check], cwd=REPO)
+        if done.returncode != 0:
+            return done.returncode
     return subprocess.run([python, "-m", "pytest", *args.pytest_args], cwd=REPO).returncode
 
 

@@ -1,4 +1,4 @@
-"""`bench/loadtest.py`, its body pool and its HTTP client, end to end against a scripted server.
+"""`node/loadtest.py`, its body pool and its HTTP client, end to end against a scripted server.
 
 The server below (`ScriptedServer`) is a real HTTP/1.1 server on 127.0.0.1 (port 0) that answers
 request number n with `script(n, request)`: a `Reply`, or `DROP` to close the connection without
@@ -24,11 +24,11 @@ import pytest
 import trio
 import zstandard
 
-from bench import loadtest
-from bench.httpclient import Connection, TransportError, request_head
-from bench.loadgen import MODELS, BodyPool
-from bench.loadtest import parse_target, run_load
-from bench.loadtest_args import add_arguments
+from node import loadtest
+from node.httpclient import Connection, TransportError, request_head
+from node.loadgen import MODELS, BodyPool
+from node.loadtest import parse_target, run_load
+from node.loadtest_args import add_arguments
 from pipeline.config import Config
 
 DROP = "drop"

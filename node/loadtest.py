@@ -3,7 +3,7 @@
     python run.py loadtest --duration 10 --concurrency 32 --spans-per-request 100 [--rate 500]
 
 Who owns what:
-    `run_load` builds a `BodyPool` (bench/loadgen.py) up front, then runs `concurrency` worker
+    `run_load` builds a `BodyPool` (node/loadgen.py) up front, then runs `concurrency` worker
     tasks, each owning one keep-alive `Connection` (bench/httpclient.py). A shared `_Plan` hands
     out request numbers (the body's ids derive from it) and, with `--rate`, their scheduled send
     times: open loop, R requests/s at fixed intervals whatever the replies, and latency counted
@@ -40,8 +40,8 @@ from urllib.parse import urlsplit
 
 import trio
 
-from bench.httpclient import Connection, Response, TransportError, request_head
-from bench.loadgen import BodyPool
+from node.httpclient import Connection, Response, TransportError, request_head
+from node.loadgen import BodyPool
 from pipeline.errors import FoglampError
 
 if TYPE_CHECKING:

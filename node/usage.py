@@ -16,8 +16,7 @@ from pipeline.errors import PermanentError
 from pipeline.query import ask_writer
 from pipeline.spool import Spool
 from pipeline.supervisor import node_running
-from pipeline.topology import replay_ledgers
-from stages.admission import month_of
+from stages.admission import month_of, replay_ledgers
 
 
 def usage_by_org(config: Config) -> tuple[int, dict[str, int]]:

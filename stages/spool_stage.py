@@ -15,73 +15,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import trio
 
 from pipeline import metrics
 from pipeline.config import Config
 from pipeline.errors import RetryableError
+from pipeline.flush_state import FlushSignal
+from pipeline.jobs import SpoolJob
 from pipeline.log import get_logger
-from pipeline.messages import AppendReply, AppendStatus, AppendView, spool_payload
+from pipeline.messages import AppendReply, AppendStatus, spool_payload
 from pipeline.spool import Spool
 from stages.admission import QuotaLedger, month_of
 
-log = get_logger("spool")
-MAX_GROUP = 512
+log = get_logger("spool_stage")
 SLOW_COMMIT_MS = 100.0
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolJob:
-    append: AppendView
-    frame: bytearray  # the Append as received: spooled as it is
-    reply: Callable[[AppendReply], None]
-
-
-def block_bytes(config: Config) -> int:
-    """Bytes that make a full block: `flush_max_bytes`, or half the spool's high-water mark if that
-    is less (past the mark admissions wait for the flush, which then must not wait itself)."""
-    return min(config.flush_max_bytes, config.spool_high_water_bytes // 2)
-
-
-@dataclass(slots=True)
-class FlushSignal:
-    """Unflushed work announced by the spool stage to the flush stage. It wakes the flush as soon
-    as a full block waits (`full`); smaller amounts wait for the flush interval."""
-
-    rows_waiting: int = 0  # since the last reset
-    wakeup: trio.Event = field(default_factory=trio.Event)
-    input_ended: bool = False
-
-    def full(self, config: Config, pending_bytes: int) -> bool:
-        """A full block waits: `flush_max_rows` rows, or `block_bytes` of the spool unflushed."""
-        return self.rows_waiting >= config.flush_max_rows or pending_bytes >= block_bytes(config)
-
-    def add(self, rows: int, config: Config, pending_bytes: int) -> None:
-        self.rows_waiting += rows
-        if self.full(config, pending_bytes):
-            self.wakeup.set()
-
-    def end(self) -> None:
-        self.input_ended = True
-        self.wakeup.set()
-
-    def reset(self) -> None:
-        self.rows_waiting = 0
-        self.wakeup = trio.Event()
 
 
 def decide(
     jobs: list[SpoolJob], ledger: QuotaLedger, month: int, spool_free_bytes: int
-) -> tuple[list[SpoolJob], list[tuple[SpoolJob, str]]]:
+) -> tuple[list[SpoolJob], list[tuple[SpoolJob, AppendStatus]]]:
     """Split a group into admitted jobs and (refused job, status). Plain function.
 
     Quota: a batch is admitted while its org is below quota; usage counts the admitted batches
     earlier in the same group, so two batches racing past the line cannot both cross it.
     """
     admitted: list[SpoolJob] = []
-    refused: list[tuple[SpoolJob, str]] = []
+    refused: list[tuple[SpoolJob, AppendStatus]] = []
     pending: dict[str, int] = {}
     for job in jobs:
         a = job.append
@@ -112,7 +72,7 @@ async def run_spool(
         try:
             async for first in receive:
                 jobs = [first]
-                while len(jobs) < MAX_GROUP:
+                while len(jobs) < config.spool_max_group:
                     try:
                         jobs.append(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
