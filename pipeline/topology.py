@@ -31,7 +31,7 @@ from pipeline import metrics
 from pipeline.config import Config
 from pipeline.controlplane import ControlPlane
 from pipeline.drain import DrainState, stdin_closed, watch_for_drain
-from pipeline.errors import PermanentError, RetryableError
+from pipeline.errors import ConfigError, PermanentError, RetryableError
 from pipeline.jobs import Job
 from pipeline.link import Call, run_link, writer_readiness
 from pipeline.link_server import Reply, serve_links
@@ -52,6 +52,7 @@ from pipeline.spool import Spool
 from stages.admission import QuotaLedger, RateLimiter, month_of
 from stages.flush import FlushHealth, run_flush, status_reply
 from stages.front import create_app, run_front
+from stages.otlp_decode import check_backend
 from stages.price import PriceTable
 from stages.price_stage import run_price
 from stages.schema import COLUMN_NAMES, TABLE, ddl
@@ -274,7 +275,10 @@ def front_main(config: Config, listen_fd: int) -> int:
 
 def preflight(config: Config) -> None:
     """Fail at start, with a clear message, on what would fail later: a bad prices file, an
-    unusable data dir or control plane."""
+    unusable data dir or control plane, protobuf without its upb backend (OTLP decoding)."""
+    problem = check_backend()
+    if problem is not None:
+        raise ConfigError(problem)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     PriceTable.load(config.prices_file or None)
     ControlPlane.open(config.controlplane_db).close()
