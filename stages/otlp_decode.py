@@ -52,6 +52,15 @@ def decode_protobuf(body: bytes | bytearray) -> list[OtlpSpan] | Undecodable:
         request = ExportTraceServiceRequest.FromString(bytes(body))
     except (DecodeError, RuntimeError, ValueError) as exc:
         return Undecodable(f"body is not a valid ExportTraceServiceRequest protobuf: {exc}")
+    spans = _pb_spans(request)
+    if spans and all(not span.trace_id and not span.span_id for span in spans):
+        # What a logs or metrics request parses to: its records where spans would be, no ids.
+        return Undecodable("body has no span with ids: it is not an OTLP traces request (a logs or "
+                           "metrics payload?); this node accepts traces only")
+    return spans
+
+
+def _pb_spans(request: ExportTraceServiceRequest) -> list[OtlpSpan]:
     spans: list[OtlpSpan] = []
     for ri, resource_spans in enumerate(request.resource_spans):
         resource = _pb_attributes(resource_spans.resource.attributes)
@@ -165,6 +174,8 @@ class JResourceSpans(_J):
 
 class JRequest(_J):
     resourceSpans: list[JResourceSpans] = []  # noqa: N815
+    resourceLogs: list[Any] | None = None  # noqa: N815 (another signal: refused, see decode_json)
+    resourceMetrics: list[Any] | None = None  # noqa: N815
 
 
 _JSON_REQUEST = msgspec.json.Decoder(JRequest)
@@ -179,6 +190,9 @@ def decode_json(body: bytes | bytearray) -> list[OtlpSpan] | Undecodable:
         return Undecodable(f"body is not a valid OTLP JSON ExportTraceServiceRequest: {exc}")
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         return Undecodable(f"body is not valid JSON: {exc}")
+    if not request.resourceSpans and (request.resourceLogs or request.resourceMetrics):
+        signal = "logs" if request.resourceLogs else "metrics"
+        return Undecodable(f"body is an OTLP {signal} request, not traces: this node accepts traces only")
     try:
         return _json_spans(request)
     except ValueError as exc:  # an int64 string that is not a number
