@@ -117,7 +117,8 @@ def rows(node: Node, trace_id: str, expected: int) -> dict[str, dict[str, Any]]:
 
 def check_genai_rows(by_name: dict[str, dict[str, Any]], spans: list[ReadableSpan]) -> None:
     root = next(s for s in spans if s.parent is None)
-    agent, chat, tool, retrieval = by_name["invoke_agent"], by_name["chat"], by_name["execute_tool"], by_name["retrieval"]
+    agent, chat = by_name["invoke_agent"], by_name["chat"]
+    tool, retrieval = by_name["execute_tool"], by_name["retrieval"]
     for row in by_name.values():
         assert row["trace_name"] == root.name
         assert (row["user_id"], row["session_id"], row["environment"], row["release"]) == (
@@ -207,7 +208,8 @@ def test_v1_and_otlp_price_the_same_call(node: Node, key: str) -> None:
     v1_trace = uuid.uuid4().hex
     v1 = batch(trace(v1_trace, span("v1chat", kind="llm", model="gpt-4o", provider="openai",
                                     startTime="2026-11-18T11:06:40Z", endTime="2026-11-18T11:06:41Z",
-                                    usage={"inputTokens": 12_000, "cacheReadTokens": 4_000, "outputTokens": 900})))  # fmt: skip
+                                    usage={"inputTokens": 12_000, "cacheReadTokens": 4_000,
+                                           "outputTokens": 900})))  # fmt: skip
     assert node.post(v1, key=key).status_code == 202
     columns = ("input_cost", "output_cost", "cache_read_cost", "cache_write_cost", "total_cost", "priced",
                "price_model", "price_source")  # fmt: skip
@@ -223,7 +225,8 @@ def test_retried_export_never_duplicates(node: Node, key: str) -> None:
         assert exporter(node, key, gzip_on=True).export(spans) == SpanExportResult.SUCCESS
     trace_id = format(spans[0].context.trace_id, "032x")
     rows(node, trace_id, 4)
-    assert query(node.data_dir, f"SELECT count() AS c FROM foglamp.spans FINAL WHERE trace_id = '{trace_id}'")[0]["c"] == 4
+    sql = f"SELECT count() AS c FROM foglamp.spans FINAL WHERE trace_id = '{trace_id}'"
+    assert query(node.data_dir, sql)[0]["c"] == 4
 
 
 # --------------------------------------------------------------------------- malformed requests
@@ -329,6 +332,7 @@ def test_kill_9_right_after_a_200_loses_nothing(tmp_path: Path) -> None:
     node = Node(tmp_path / "data", port=node.port).start()
     try:
         ids = ", ".join(f"'{format(spans[0].context.trace_id, '032x')}'" for spans in traces)
-        assert wait_for_rows(node.data_dir, f"SELECT count() AS c FROM foglamp.spans FINAL WHERE trace_id IN ({ids})", 20) == 20
+        sql = f"SELECT count() AS c FROM foglamp.spans FINAL WHERE trace_id IN ({ids})"
+        assert wait_for_rows(node.data_dir, sql, 20) == 20
     finally:
         assert node.stop() == 0

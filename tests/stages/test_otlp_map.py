@@ -193,7 +193,8 @@ def test_token_sources(key: str, field: str) -> None:
 
 @pytest.mark.parametrize("key", ["gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens",
                                  "llm.token_count.prompt_details.cache_read",
-                                 "ai.usage.inputTokenDetails.cacheReadTokens", "ai.usage.cachedInputTokens"])  # fmt: skip
+                                 "ai.usage.inputTokenDetails.cacheReadTokens",
+                                 "ai.usage.cachedInputTokens"])  # fmt: skip
 def test_cache_read_sources(key: str) -> None:
     assert usage_of({"gen_ai.usage.input_tokens": 100, key: 30}, {}) == Usage(input_tokens=100, cache_read_tokens=30)
 
@@ -208,7 +209,8 @@ def test_cache_write_sources(key: str) -> None:
 
 @pytest.mark.parametrize("key", ["gen_ai.usage.reasoning.output_tokens", "llm.token_count.completion_details.reasoning",
                                  "gen_ai.usage.reasoning_tokens", "llm.usage.reasoning_tokens",
-                                 "ai.usage.outputTokenDetails.reasoningTokens", "ai.usage.reasoningTokens"])  # fmt: skip
+                                 "ai.usage.outputTokenDetails.reasoningTokens",
+                                 "ai.usage.reasoningTokens"])  # fmt: skip
 def test_reasoning_sources(key: str) -> None:
     assert usage_of({"gen_ai.usage.output_tokens": 50, key: 10}, {}) == Usage(output_tokens=50, reasoning_tokens=10)
 
@@ -216,7 +218,8 @@ def test_reasoning_sources(key: str) -> None:
 def test_repair_input_reported_without_cache() -> None:
     # Anthropic-style: input_tokens excludes the cache; the sum exceeds it, so add it back.
     usage = usage_of({"gen_ai.usage.input_tokens": 10, "gen_ai.usage.cache_read_input_tokens": 900,
-                      "gen_ai.usage.cache_creation_input_tokens": 100, "gen_ai.usage.output_tokens": 5}, {})  # fmt: skip
+                      "gen_ai.usage.cache_creation_input_tokens": 100,
+                      "gen_ai.usage.output_tokens": 5}, {})  # fmt: skip
     assert usage == Usage(input_tokens=1010, output_tokens=5, cache_read_tokens=900, cache_write_tokens=100)
 
 
@@ -373,7 +376,8 @@ def test_legacy_message_and_choice_events() -> None:
                                  "message": {"role": "assistant", "content": "Hello"}})]  # fmt: skip
     _, span = mapped(events=events)
     assert io(span.input) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert io(span.output) == [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello"}}]
+    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello"}}
+    assert io(span.output) == [choice]
 
 
 def test_vercel_prompt_and_response() -> None:
@@ -441,7 +445,8 @@ def test_openinference() -> None:
     })  # fmt: skip
     assert (span.kind, span.model, span.provider) == ("llm", "claude-3-5-sonnet-20241022", "anthropic")
     assert span.usage == Usage(input_tokens=2000, output_tokens=300, cache_read_tokens=1500)
-    assert (trace.session_id, trace.user_id, trace.metadata, trace.tags) == ("sess-1", "user-1", {"tier": "gold"}, ["beta"])
+    assert (trace.session_id, trace.user_id) == ("sess-1", "user-1")
+    assert (trace.metadata, trace.tags) == ({"tier": "gold"}, ["beta"])
     assert io(span.input) == [{"role": "user", "content": "Hi"}]  # llm.input_messages beats input.value
     assert span.attributes == {"llm.invocation_parameters": '{"max_tokens": 1024}', "openinference.span.kind": "LLM"}
 
