@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from stages.openapi_otlp import otlp_paths
 from stages.payload import Batch
 
 _REF = "#/components/schemas/{name}"
@@ -77,6 +78,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "Foglamp ingest API", "version": "1"},
         "paths": {
             "/ingest": {"post": ingest},
+            **otlp_paths(),
             "/healthz": {"get": {"responses": {"200": _response("The process runs", status)}}},
             "/readyz": {"get": {"responses": {"200": _response("Ready", status),
                                               "503": _response("Draining or degraded", status)}}},  # fmt: skip

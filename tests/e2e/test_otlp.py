@@ -336,3 +336,11 @@ def test_kill_9_right_after_a_200_loses_nothing(tmp_path: Path) -> None:
         assert wait_for_rows(node.data_dir, sql, 20) == 20
     finally:
         assert node.stop() == 0
+
+
+def test_openapi_documents_v1_traces(node: Node) -> None:
+    doc = httpx.get(f"{node.url}/openapi.json").json()
+    traces = doc["paths"]["/v1/traces"]["post"]
+    assert set(traces["requestBody"]["content"]) == {"application/x-protobuf", "application/json"}
+    assert {"200", "400", "401", "413", "415", "429", "503"} <= set(traces["responses"])
+    assert "foglamp.trace.name" in traces["description"] and "foglamp.cost.total" in traces["description"]
