@@ -43,9 +43,10 @@ def check_otlp(body: bytes | bytearray, media: str, encoding: str, max_decompres
     roots = {s.trace_id: s.name for s in spans if not s.parent_span_id.strip("0")}
     traces: list[Trace] = []
     problems: list[Problem] = []
+    cache: dict[int, object] = {}
     for span in spans:
         try:
-            result = map_span(span, roots.get(span.trace_id, ""))
+            result = map_span(span, roots.get(span.trace_id, ""), cache)
         except Exception as exc:  # a mapping bug must cost one span, never the request (no 500)
             log.exception("otlp span could not be mapped", extra={"path": span.path})
             result = Problem(span.path, f"could not be mapped: {type(exc).__name__}")

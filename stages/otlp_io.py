@@ -4,7 +4,6 @@ the first family present wins, the value is stored as JSON text. Plain functions
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -14,6 +13,7 @@ from stages.otlp_decode import Attributes
 
 Events = list[tuple[str, Attributes]]
 _json = msgspec.json.Encoder()
+_json_decode = msgspec.json.decode
 _DETAILS_EVENT = "gen_ai.client.inference.operation.details"
 _LEGACY_EVENTS = {"gen_ai.system.message": "system", "gen_ai.user.message": "user",
                   "gen_ai.assistant.message": "assistant", "gen_ai.tool.message": "tool"}  # fmt: skip
@@ -81,6 +81,7 @@ def _messages(attrs: Attributes, key: str, *, with_system: bool = False) -> Any:
     system = _parsed(attrs.get("gen_ai.system_instructions")) if with_system else None
     if system is None:
         return messages
+    messages, system = _value(messages), _value(system)
     listed = messages if isinstance(messages, list) else [messages]
     return [{"role": "system", "parts": system}, *listed]
 
@@ -152,32 +153,51 @@ def _first(attrs: Attributes, keys: tuple[str, ...]) -> Any:
     return None
 
 
+class JsonText(bytes):
+    """An attribute's JSON text, checked to parse, kept as sent: stored without a re-encode."""
+
+
 def _parsed(value: Any) -> Any:
-    """A JSON string as its value (emitters send structured values as JSON text), else as is."""
+    """A JSON string as its JSON text (emitters send structured values as JSON text), else as is."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
         text = value.lstrip()
         if text[:1] in ("{", "[", '"'):
-            return _loads(value, value)
+            raw = value.encode()
+            try:
+                _json_decode(raw)
+            except (msgspec.DecodeError, RecursionError):
+                return value
+            return JsonText(raw)
     return value
 
 
+def _value(value: Any) -> Any:
+    """The value of `_parsed`, decoded (to combine it with others)."""
+    return _json_decode(value) if isinstance(value, JsonText) else value
+
+
 def _parsed_map(attrs: Attributes) -> dict[str, Any]:
-    return {k: _parsed(v) for k, v in attrs.items()}
+    return {k: _value(_parsed(v)) for k, v in attrs.items()}
 
 
 def _loads(text: str, default: Any) -> Any:
     try:
-        return json.loads(text)
-    except ValueError:
+        return _json_decode(text)
+    except (msgspec.DecodeError, RecursionError):
         return default
 
 
 def _text(value: Any) -> bytes | None:
     if value is None:
         return None
-    return _json.encode(_jsonable(value))
+    if isinstance(value, JsonText):
+        return bytes(value)
+    try:
+        return _json.encode(value)
+    except (TypeError, ValueError, OverflowError):  # bytes, NaN, huge ints: made JSON-safe first
+        return _json.encode(_jsonable(value))
 
 
 def _jsonable(value: Any) -> Any:

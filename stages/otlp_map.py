@@ -81,6 +81,18 @@ _OPERATION_KINDS = {"chat": "llm", "text_completion": "llm", "generate_content":
 _TRACELOOP_KINDS = {"workflow": "chain", "task": "chain", "agent": "agent", "tool": "tool"}
 _REQUEST_TYPES = {"chat": "llm", "completion": "llm", "embedding": "embedding", "rerank": "retrieval"}
 
+# Column values from attributes: key -> (field, precedence, converter to a usable value or None).
+_TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+                 "total_tokens")  # fmt: skip
+_GROUPS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
+    ("user_id", USER, "str"), ("session_id", SESSION, "str"), ("environment", ENVIRONMENT, "str"),
+    ("tags", TAGS, "tags"), ("model", MODEL, "str"), ("provider", PROVIDER, "provider"),
+    ("input_tokens", INPUT_TOKENS, "int"), ("output_tokens", OUTPUT_TOKENS, "int"),
+    ("cache_read_tokens", CACHE_READ, "int"), ("cache_write_tokens", CACHE_WRITE, "int"),
+    ("reasoning_tokens", REASONING, "int"), ("total_tokens", TOTAL_TOKENS, "int"), ("cost", COST, "cost"),
+    ("trace_name", ("foglamp.trace.name",), "str"), ("release", ("foglamp.release",), "str"),
+)  # fmt: skip
+
 # Attributes that became columns: not repeated in `attributes`.
 _MAPPED = frozenset({*USER, *SESSION, *ENVIRONMENT, *TAGS, *MODEL, *PROVIDER, *INPUT_TOKENS,
                      *OUTPUT_TOKENS, *CACHE_READ, *CACHE_WRITE, *REASONING, *TOTAL_TOKENS, *COST,
@@ -119,15 +131,19 @@ def usable(span: OtlpSpan) -> str | None:
     return None
 
 
-def map_span(span: OtlpSpan, root_name: str = "") -> Trace | Problem:
+def map_span(span: OtlpSpan, root_name: str = "", cache: dict[int, Any] | None = None) -> Trace | Problem:
+    """One span as a one-span Trace, or why it cannot be stored. `cache` (one per request) keeps
+    what a resource contributes, computed once for all its spans."""
     reason = usable(span)
     if reason is not None:
         return Problem(span.path, reason)
     attrs, resource = span.attributes, span.resource
-    model = _cut(_text(attrs, resource, MODEL), "model")
-    usage = usage_of(attrs, resource)
+    from_resource, resource_attributes = _resource_view(resource, cache)
+    fields = {**from_resource, **collect(attrs)} if from_resource else collect(attrs)
+    model = _cut(fields.get("model"), "model")
+    usage = _usage(fields)
     kind = kind_of(attrs, model, usage)
-    cost = _number(attrs, resource, COST)
+    cost = fields.get("cost")
     status_message = span.status_message or _exception_message(span.events)
     parent = None if _is_root(span.parent_span_id) else span.parent_span_id
     out = Span(
@@ -140,26 +156,58 @@ def map_span(span: OtlpSpan, root_name: str = "") -> Trace | Problem:
         status=_STATUS.get(span.status_code, "unset"),
         status_message=status_message or None,
         model=model,
-        provider=_cut(provider_of(attrs, resource), "provider"),
+        provider=_cut(fields.get("provider"), "provider"),
         usage=usage,
-        cost=Cost(total=cost) if cost is not None and 0 <= cost <= 1e12 else None,
-        attributes=attributes_of(span),
+        cost=Cost(total=cost) if cost is not None else None,
+        attributes=attributes_of(span, resource_attributes),
     )
     out.input = extract_input(attrs, span.events)
     out.output = extract_output(attrs, span.events)
-    name = _text(attrs, resource, ("foglamp.trace.name",)) or (span.name if parent is None else root_name)
+    name = fields.get("trace_name") or (span.name if parent is None else root_name)
     return Trace(
         id=span.trace_id,
         name=_cut(name, "trace_name"),
-        user_id=_cut(_text(attrs, resource, USER), "user_id"),
-        session_id=_cut(_text(attrs, resource, SESSION), "session_id"),
-        environment=_cut(_text(attrs, resource, ENVIRONMENT), "environment") or "default",
-        release=_cut(_text(attrs, resource, ("foglamp.release",)) or _str(resource.get("service.version")),
-                     "release"),  # fmt: skip
-        tags=tags_of(attrs, resource),
+        user_id=_cut(fields.get("user_id"), "user_id"),
+        session_id=_cut(fields.get("session_id"), "session_id"),
+        environment=_cut(fields.get("environment"), "environment") or "default",
+        release=_cut(fields.get("release") or _str(resource.get("service.version")), "release"),
+        tags=fields.get("tags"),
         metadata=metadata_of(attrs, resource),
         spans=[out],
     )
+
+
+def _resource_view(resource: Attributes, cache: dict[int, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(column values from the resource's attributes, its attributes under `resource.`)."""
+    if not resource:
+        return {}, {}
+    if cache is not None:
+        hit = cache.get(id(resource))
+        if hit is not None and hit[0] is resource:
+            return hit[1], hit[2]
+    view = collect(resource), {"resource." + key: _scalar(value) for key, value in resource.items()}
+    if cache is not None:
+        cache[id(resource)] = (resource, *view)
+    return view
+
+
+def collect(attrs: Attributes) -> dict[str, Any]:
+    """Column values from one attribute set, each from its highest-precedence key whose value is
+    usable: one pass over the attributes (the hot path), not one lookup per candidate key."""
+    found: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    for key, value in attrs.items():
+        slot = _INDEX.get(key)
+        if slot is None:
+            continue
+        field, rank, convert = slot
+        if ranks.get(field, 99) <= rank:
+            continue
+        converted = convert(value)
+        if converted is not None:
+            found[field] = converted
+            ranks[field] = rank
+    return found
 
 
 # --------------------------------------------------------------------------- columns
@@ -199,8 +247,11 @@ def kind_of(attrs: Attributes, model: str | None, usage: Usage | None) -> str:
 
 def usage_of(attrs: Attributes, resource: Attributes) -> Usage | None:
     """Token counts with the two repairs and the total-tokens fill; None when none is given."""
-    found = [_count(attrs, resource, keys) for keys in (INPUT_TOKENS, OUTPUT_TOKENS, CACHE_READ,
-                                                          CACHE_WRITE, REASONING, TOTAL_TOKENS)]  # fmt: skip
+    return _usage({**collect(resource), **collect(attrs)})
+
+
+def _usage(fields: dict[str, Any]) -> Usage | None:
+    found = [fields.get(name) for name in _TOKEN_FIELDS]
     if all(value is None for value in found):
         return None
     input_tokens, output_tokens, cache_read, cache_write, reasoning, total = (v or 0 for v in found)
@@ -219,26 +270,30 @@ def usage_of(attrs: Attributes, resource: Attributes) -> Usage | None:
                  reasoning_tokens=clamp(reasoning))  # fmt: skip
 
 
-def provider_of(attrs: Attributes, resource: Attributes) -> str | None:
-    for source in (attrs, resource):
-        for key in PROVIDER:
-            value = _str(source.get(key))
-            if not value:
-                continue
-            normal = value.strip().lower()
-            if normal in _NOT_PROVIDERS:
-                continue
-            return _PROVIDERS.get(normal, normal)
-    return None
+def _provider(value: Any) -> str | None:
+    """A provider id of the price table, or None for a value that names no provider."""
+    text = _str(value)
+    if not text:
+        return None
+    normal = text.strip().lower()
+    if normal in _NOT_PROVIDERS:
+        return None
+    return _PROVIDERS.get(normal, normal)
 
 
-def tags_of(attrs: Attributes, resource: Attributes) -> list[str] | None:
-    for source in (attrs, resource):
-        for key in TAGS:
-            value = source.get(key)
-            tags = _as_list(value)
-            if tags:
-                return [_cut(str(tag), "tag") or "" for tag in tags if str(tag)][:_MAX_TAGS]
+def _tags(value: Any) -> list[str] | None:
+    tags = [_cut(str(tag), "tag") or "" for tag in _as_list(value) if str(tag)][:_MAX_TAGS]
+    return tags or None
+
+
+def _cost(value: Any) -> float | None:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1e12:
+        return float(value)  # NaN fails the range check
     return None
 
 
@@ -258,13 +313,12 @@ def metadata_of(attrs: Attributes, resource: Attributes) -> dict[str, Any] | Non
     return metadata or None
 
 
-def attributes_of(span: OtlpSpan) -> dict[str, Any]:
+def attributes_of(span: OtlpSpan, resource_attributes: dict[str, Any]) -> dict[str, Any]:
     """Every span attribute not mapped to a column, resource attributes under `resource.`,
     scope name/version under `scope.`, values as scalars (lists and maps as JSON text)."""
     out = {key: _scalar(value) for key, value in span.attributes.items()
            if key not in _MAPPED and not is_io_key(key) and not key.startswith("foglamp.trace.metadata.")}  # fmt: skip
-    for key, value in span.resource.items():
-        out["resource." + key] = _scalar(value)
+    out.update(resource_attributes)
     if span.scope_name:
         out["scope.name"] = span.scope_name
     if span.scope_version:
@@ -292,38 +346,6 @@ def _exception_message(events: list[tuple[str, Attributes]]) -> str:
         if name == "exception":
             return _str(attrs.get("exception.message")) or _str(attrs.get("exception.type")) or ""
     return ""
-
-
-def _text(attrs: Attributes, resource: Attributes, keys: tuple[str, ...]) -> str | None:
-    for source in (attrs, resource):
-        for key in keys:
-            value = _str(source.get(key))
-            if value:
-                return value
-    return None
-
-
-def _count(attrs: Attributes, resource: Attributes, keys: tuple[str, ...]) -> int | None:
-    for source in (attrs, resource):
-        for key in keys:
-            value = _int(source.get(key))
-            if value is not None:
-                return value
-    return None
-
-
-def _number(attrs: Attributes, resource: Attributes, keys: tuple[str, ...]) -> float | None:
-    for source in (attrs, resource):
-        for key in keys:
-            value = source.get(key)
-            if isinstance(value, str):
-                try:
-                    value = float(value)
-                except ValueError:
-                    continue
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                return float(value)
-    return None
 
 
 def _int(value: Any) -> int | None:
@@ -394,3 +416,9 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
+
+
+_CONVERTERS = {"str": _str, "int": _int, "tags": _tags, "provider": _provider, "cost": _cost}
+_INDEX: dict[str, tuple[str, int, Any]] = {
+    key: (field, rank, _CONVERTERS[kind]) for field, keys, kind in _GROUPS for rank, key in enumerate(keys)
+}
