@@ -26,7 +26,6 @@ class OtlpHandler(IngestHandler):
         media = answer_media(_header(scope, b"content-type"))
         partial = Partial()
         code, body, headers = await self.answer(scope, receive, partial)
-        metrics.requests.labels(str(code), body.get("error", "")).inc()
         if code == 202:
             metrics.spans_accepted.inc(body["accepted"])
             if partial.rejected:
@@ -34,6 +33,7 @@ class OtlpHandler(IngestHandler):
             code, payload = 200, success(media, partial.rejected, partial.message)
         else:
             payload = status(media, code, error_message(body))
+        metrics.requests.labels(str(code), body.get("error", "")).inc()
         await _send(send, code, media, payload, headers)
 
 

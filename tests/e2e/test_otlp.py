@@ -344,3 +344,19 @@ def test_openapi_documents_v1_traces(node: Node) -> None:
     assert set(traces["requestBody"]["content"]) == {"application/x-protobuf", "application/json"}
     assert {"200", "400", "401", "413", "415", "429", "503"} <= set(traces["responses"])
     assert "foglamp.trace.name" in traces["description"] and "foglamp.cost.total" in traces["description"]
+
+
+def test_rate_limit_and_quota_answers(node: Node) -> None:
+    slow = create_key(node.data_dir, create_org(node.data_dir, "otlp-slow"), "--rate-limit", "0.5")
+    body = ExportTraceServiceRequest().SerializeToString()
+    answers = [post(node, body, slow) for _ in range(3)]
+    limited = [a for a in answers if a.status_code == 429]
+    assert limited and "retry-after" in limited[0].headers
+    assert status_of(limited[0]).code == 8 and "rate_limited" in status_of(limited[0]).message
+    org = create_org(node.data_dir, "otlp-quota", "--monthly-span-quota", "1")
+    capped = create_key(node.data_dir, org)
+    spans = encode_spans(genai_trace("quota")).SerializeToString()
+    assert post(node, spans, capped).status_code == 200  # the batch that crosses the line is accepted whole
+    response = post(node, spans, capped)
+    assert response.status_code == 429 and "retry-after" not in response.headers
+    assert "quota_exceeded" in status_of(response).message
