@@ -235,7 +235,10 @@ def _j_value(value: JAnyValue | None) -> Any:
         return int(value.intValue)
     if value.doubleValue is not None:
         double = value.doubleValue
-        return _SPECIAL_DOUBLES.get(double, math.nan) if isinstance(double, str) else float(double)
+        if isinstance(double, str):  # proto3 JSON: "NaN", "Infinity", "-Infinity" or a quoted number
+            special = _SPECIAL_DOUBLES.get(double)
+            return special if special is not None else float(double)
+        return float(double)
     if value.arrayValue is not None:
         return [_j_value(item) for item in value.arrayValue.values]
     if value.kvlistValue is not None:

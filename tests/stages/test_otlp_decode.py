@@ -85,9 +85,13 @@ def test_protobuf_and_json_decode_to_the_same_spans() -> None:
 def test_json_special_doubles_and_enum_names() -> None:
     body = {"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "ab", "status": {"code": "STATUS_CODE_OK"},
             "attributes": [{"key": "n", "value": {"doubleValue": "NaN"}},
-                           {"key": "inf", "value": {"doubleValue": "-Infinity"}}]}]}]}]}  # fmt: skip
+                           {"key": "inf", "value": {"doubleValue": "-Infinity"}},
+                           {"key": "q", "value": {"doubleValue": "1.5"}}]}]}]}]}  # fmt: skip
     span = decode_json(json.dumps(body).encode())[0]  # type: ignore[index]
     assert math.isnan(span.attributes["n"]) and span.attributes["inf"] == -math.inf and span.status_code == 1
+    assert span.attributes["q"] == 1.5
+    assert isinstance(decode_json(b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"attributes": [{"key": "x", '
+                                  b'"value": {"doubleValue": "many"}}]}]}]}]}'), Undecodable)
 
 
 def test_undecodable_bodies() -> None:
