@@ -108,9 +108,10 @@ def wait_stored(data_dir: Path, expected: int, timeout_s: float = 90.0) -> tuple
         time.sleep(0.1)
 
 
-def load(url: str, key: str, duration_s: float, concurrency: int, spans: int, rate: float | None = None) -> dict:
+def load(url: str, key: str, duration_s: float, concurrency: int, spans: int, rate: float | None = None,
+         *, otlp: bool = False) -> dict:  # fmt: skip
     return trio.run(partial(loadtest.run_load, url, key, duration_s=duration_s, concurrency=concurrency,
-                            spans_per_request=spans, rate=rate))  # fmt: skip
+                            spans_per_request=spans, rate=rate, otlp=otlp))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the node
@@ -167,6 +168,16 @@ def node_phases(plan: SimpleNamespace, data: Path) -> dict:
             persisted_per_s = stored / (e2e["duration_s"] + lag)  # until the last row is in the store
             sustained = out["sustained_requests_per_s"] = round(max(persisted_per_s / plan.spans, 1.0), 1)
             accepted = e2e["spans_accepted"]
+            # The same spans as OTLP protobuf to /v1/traces, closed loop like e2e (target: >= 0.8x v1).
+            t0 = time.monotonic()
+            otlp = load(info["url"], key, plan.e2e_s, plan.concurrency, plan.spans, otlp=True)
+            t1 = time.monotonic()
+            accepted += otlp["spans_accepted"]
+            stored, lag = wait_stored(data, accepted)
+            otlp_stored = stored - out["e2e"]["stored"]
+            out["e2e_otlp"] = otlp | {"stored": otlp_stored, "flush_wait_s": lag,
+                                      "persisted_spans_per_s": round(otlp_stored / (otlp["duration_s"] + lag)),
+                                      "process_tree": sampler.window(t0, t1 + lag)}  # fmt: skip
             for name, factor, duration in (("at_80", 0.8, plan.phase80_s), ("overload", 2.0, plan.overload_s)):
                 rate = sustained * factor
                 conns = 64 if factor < 1 else min(plan.max_connections, math.ceil(rate * 1.5) + plan.concurrency)
@@ -211,6 +222,10 @@ def render(r: dict) -> str:
          f"{e2e['stored']:,} rows stored of {e2e['spans_accepted']:,} accepted in {e2e['duration_s']} s; "
          f"all stored {e2e['flush_wait_s']} s after the load; then {e2e['active_parts']} active parts"),
         ("e2e requests/s, latency of 202s", f"{e2e['requests_per_s']}", _outcome(e2e)),
+        *([("**e2e OTLP protobuf persisted spans/s** (same spans, /v1/traces)",
+            f"**{n['e2e_otlp']['persisted_spans_per_s']:,}**",
+            f"{n['e2e_otlp']['spans_accepted']:,} accepted in {n['e2e_otlp']['duration_s']} s; "
+            + _outcome(n["e2e_otlp"]))] if "e2e_otlp" in n else []),
         ("e2e node process tree", f"{e2e['process_tree'].get('peak_rss_mib', 0):.0f} MiB",
          f"{_tree(e2e['process_tree'])}; load client {e2e['client_cpu_percent']:.0f}%"),
         *[(f"raw chDB insert rows/s, {when}", f"{i['rows_per_s']:,}", f"{i['rows']:,} rows, {i['blocks']} blocks of "
@@ -242,6 +257,9 @@ def render(r: dict) -> str:
         ("e2e / raw insert (mean of before and after)", ra["e2e_vs_raw_insert"], ">= 0.5",
          ra["e2e_vs_raw_insert"] >= 0.5),
         *[(f"e2e / {k.removeprefix('e2e_vs_')}", v, "-", None) for k, v in ra.items() if k != "e2e_vs_raw_insert"],
+        *([("OTLP protobuf / v1 JSON, persisted spans/s", round(n["e2e_otlp"]["persisted_spans_per_s"]
+            / max(e2e["persisted_spans_per_s"], 1), 3), ">= 0.8", n["e2e_otlp"]["persisted_spans_per_s"]
+            >= 0.8 * e2e["persisted_spans_per_s"])] if "e2e_otlp" in n else []),
         ("p99 of 202s at 80 % of sustained", f"{p80['latency_ms']['p99']:.0f} ms", "< 250 ms",
          p80["latency_ms"]["p99"] < 250),
         ("peak RSS of the node tree under 2x overload", f"{over_rss:.0f} MiB", "< 1024 MiB", over_rss < 1024),

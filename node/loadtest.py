@@ -52,11 +52,12 @@ POOL_BUDGET_BYTES = 256 * 1024 * 1024  # about 2.5 KB per span
 GRACE_S = 5.0
 REQUEST_TIMEOUT_S = 30.0
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 2.0
+SUCCESS = {"202", "200"}  # /ingest, /v1/traces
 RETRIED = {"429:rate_limited", "503:overloaded", "503:draining"}
 TERMINAL = {"429:quota_exceeded": "quota_exceeded", "401:unauthorized": "unauthorized"}
 
 
-def parse_target(url: str) -> tuple[str, int, str, str]:
+def parse_target(url: str, endpoint: str = "/ingest") -> tuple[str, int, str, str]:
     """(host, port, path, Host header) of `url`; ValueError unless it is http on loopback."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -70,7 +71,7 @@ def parse_target(url: str) -> tuple[str, int, str, str]:
         raise ValueError(f"refusing a non-loopback host {host!r}: 127.0.0.0/8, localhost or ::1")
     port = parts.port or 80
     path = parts.path.rstrip("/")
-    path = path if path.endswith("/ingest") else path + "/ingest"
+    path = path if path.endswith(endpoint) else path + endpoint
     return host, port, path, (f"[{host}]" if ":" in host else host) + f":{port}"
 
 
@@ -145,8 +146,13 @@ class _Plan:
 
 
 def outcome(reply: Response) -> str:
-    """Status key: "202", "429:rate_limited", ... ("<status>" when the body has no error code)."""
-    if reply.status != 202:
+    """Status key: "202", "429:rate_limited", ... ("<status>" when the body has no error code).
+    OTLP answers (a google.rpc.Status body) get the same keys from their status and headers."""
+    if reply.headers.get("content-type") == "application/x-protobuf" and reply.status != 200:
+        if reply.status == 429:
+            return "429:rate_limited" if "retry-after" in reply.headers else "429:quota_exceeded"
+        return {503: "503:overloaded", 401: "401:unauthorized"}.get(reply.status, str(reply.status))
+    if reply.status not in (200, 202):
         try:
             code = json.loads(reply.body).get("error")
         except (ValueError, AttributeError):
@@ -181,7 +187,7 @@ async def _send(conn: Connection, head: bytes, body: bytes, spans: int, at: floa
             key = outcome(reply)
             stats.requests += 1
             stats.statuses[key] += 1
-            if key == "202":
+            if key in SUCCESS:
                 stats.latency.record(now - at)
                 stats.spans_accepted += _accepted(reply, spans)
                 return
@@ -199,6 +205,10 @@ async def _send(conn: Connection, head: bytes, body: bytes, spans: int, at: floa
 
 
 def _accepted(reply: Response, spans: int) -> int:
+    if reply.status == 200:  # OTLP: ExportTraceServiceResponse, rejected spans in partial_success
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+        return spans - ExportTraceServiceResponse.FromString(reply.body).partial_success.rejected_spans
     try:
         return int(json.loads(reply.body)["accepted"])
     except (ValueError, KeyError, TypeError):
@@ -251,16 +261,23 @@ async def run_load(
     encoding: str = "identity",
     max_requests: int | None = None,
     progress: bool = False,
+    otlp: bool = False,
 ) -> dict:
-    """Run one load test against `url` and return its summary (see `summarize`)."""
-    host, port, path, host_header = parse_target(url)
+    """Run one load test against `url` and return its summary (see `summarize`). `otlp`: OTLP
+    protobuf bodies of the same spans to /v1/traces (node/otlp_pool.py) instead of v1 batches."""
+    host, port, path, host_header = parse_target(url, "/v1/traces" if otlp else "/ingest")
     if not 0 < duration_s < math.inf or concurrency < 1 or (rate is not None and rate <= 0):
         raise ValueError("duration_s and rate must be > 0 and finite, concurrency >= 1")
     size = max(
         1,
         min(POOL_SIZE, POOL_BUDGET_BYTES // (2500 * spans_per_request), max_requests or POOL_SIZE),
     )
-    pool = await trio.to_thread.run_sync(partial(BodyPool, size, spans_per_request, media, encoding))
+    if otlp:
+        from node.otlp_pool import OtlpBodyPool
+
+        pool: Any = await trio.to_thread.run_sync(partial(OtlpBodyPool, size, spans_per_request, encoding))
+    else:
+        pool = await trio.to_thread.run_sync(partial(BodyPool, size, spans_per_request, media, encoding))
     headers = {
         "Authorization": f"Bearer {key}",
         "Content-Type": pool.content_type,
@@ -363,6 +380,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
             encoding=args.encoding,
             max_requests=args.max_requests,
             progress=args.progress or sys.stderr.isatty(),
+            otlp=args.otlp,
         )
     )
     print(json.dumps(summary) if args.json else format_summary(summary))

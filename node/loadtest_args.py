@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--spans-per-request", type=int, default=100, metavar="N", help="default 100")
     add("--rate", type=float, metavar="R", help="open loop: R requests/s at fixed intervals")
     add("--format", choices=["json", "msgpack"], default="json", help="body media type")
+    add("--otlp", action="store_true",
+        help="OTLP protobuf to /v1/traces (GenAI-semconv spans; encodings identity or gzip)")
     add("--encoding", choices=["identity", "gzip", "zstd"], default="identity")
     add("--gzip", dest="encoding", action="store_const", const="gzip", help="= --encoding gzip")
     add("--zstd", dest="encoding", action="store_const", const="zstd", help="= --encoding zstd")

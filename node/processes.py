@@ -9,6 +9,8 @@ import trio
 from node.topology import run_front_worker, run_writer
 from pipeline.config import Config
 from pipeline.controlplane import ControlPlane
+from pipeline.errors import ConfigError
+from stages.otlp_decode import check_backend
 from stages.price import PriceTable
 
 
@@ -28,7 +30,10 @@ def front_main(config: Config, listen_fd: int) -> int:
 
 def preflight(config: Config) -> None:
     """Fail at start, with a clear message, on what would fail later: a bad prices file, an
-    unusable data dir or control plane."""
+    unusable data dir or control plane, protobuf without its upb backend (OTLP decoding)."""
+    problem = check_backend()
+    if problem is not None:
+        raise ConfigError(problem)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     PriceTable.load(config.prices_file or None)
     ControlPlane.open(config.controlplane_db).close()

@@ -33,11 +33,12 @@ class Job:
     org_id: str
     key_id: str
     monthly_span_quota: int | None
-    media: str  # "json" | "msgpack"
-    encoding: str  # "identity" | "gzip" | "zstd"
+    media: str  # "json" | "msgpack" | "otlp-protobuf" | "otlp-json"
+    encoding: str  # "identity" | "gzip" | "zstd" (| "deflate" for OTLP)
     body: bytes | bytearray
     reply: trio.MemorySendChannel[Any] = field(repr=False)
     payload: Any = None  # set by the validate stage: the decoded batch
+    partial: Any = None  # OTLP only: a `stages.otlp.Partial` the validate stage fills for the answer
 
 
 def deliver(reply: trio.MemorySendChannel[Any], value: Any) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import zstandard
 
 ENCODINGS = ("identity", "gzip", "zstd")
+OTLP_ENCODINGS = (*ENCODINGS, "deflate")  # OTLP/HTTP clients may send deflate; /ingest refuses it
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,25 +33,29 @@ def decompress(body: bytes | bytearray, encoding: str, limit: int) -> bytes | by
         return _gunzip(body, limit)
     if encoding == "zstd":
         return _unzstd(body, limit)
+    if encoding == "deflate":  # zlib-wrapped as HTTP says; raw deflate as some clients send
+        if len(body) >= 2 and (body[0] * 256 + body[1]) % 31 == 0 and body[0] & 0x0F == 8:
+            return _gunzip(body, limit, wbits=15, name="deflate")
+        return _gunzip(body, limit, wbits=-15, name="deflate")
     raise ValueError(f"unsupported encoding {encoding!r}")  # the front refused it with 415 already
 
 
-def _gunzip(body: bytes | bytearray, limit: int) -> bytes | TooLarge | Undecodable:
+def _gunzip(body: bytes | bytearray, limit: int, wbits: int = 31, name: str = "gzip") -> bytes | TooLarge | Undecodable:
     out = bytearray()
     data = body
     try:
         while data:  # concatenated gzip members are one stream (RFC 1952)
-            inflater = zlib.decompressobj(wbits=31)
+            inflater = zlib.decompressobj(wbits=wbits)
             while data:
                 out += inflater.decompress(data, limit + 1 - len(out))
                 if len(out) > limit:
                     return TooLarge(limit)
                 data = inflater.unconsumed_tail
             if not inflater.eof:
-                return Undecodable("gzip stream is truncated")
-            data = inflater.unused_data
+                return Undecodable(f"{name} stream is truncated")
+            data = inflater.unused_data if wbits == 31 else b""
     except zlib.error as exc:
-        return Undecodable(f"gzip: {exc}")
+        return Undecodable(f"{name}: {exc}")
     return bytes(out)
 
 

@@ -137,7 +137,11 @@ class IngestHandler:
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": payload})
 
-    async def answer(self, scope: dict, receive: Callable) -> Answer:
+    def formats(self, headers: dict[str, str]) -> tuple[str | None, str | None]:
+        """The job's media and encoding from the request headers; None: unsupported (415)."""
+        return media_of(headers.get("content-type")), encoding_of(headers.get("content-encoding"))
+
+    async def answer(self, scope: dict, receive: Callable, partial: Any = None) -> Answer:
         if self.state.draining:
             return 503, {"error": "draining"}, {"Connection": "close"}
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
@@ -145,7 +149,7 @@ class IngestHandler:
         key = self.controlplane.authenticate(raw_key) if raw_key else None
         if key is None:
             return 401, {"error": "unauthorized"}, {"WWW-Authenticate": "Bearer"}
-        media, encoding = media_of(headers.get("content-type")), encoding_of(headers.get("content-encoding"))
+        media, encoding = self.formats(headers)
         if media is None or encoding is None:
             return 415, {"error": "unsupported_media_type"}, {}
         limit = self.config.max_body_bytes
@@ -166,19 +170,19 @@ class IngestHandler:
             limit_headers = rate_limit_headers(admit)
             if not admit.allowed:
                 return 429, {"error": "rate_limited"}, {"Retry-After": str(admit.retry_after_s), **limit_headers}
-            return await self.accept(receive, key, media, encoding, limit_headers, expected)
+            return await self.accept(receive, key, media, encoding, limit_headers, expected, partial)
         finally:
             self.in_flight -= 1
 
     async def accept(self, receive: Callable, key: ApiKey, media: str, encoding: str,
-                     limit_headers: dict[str, str], expected: int | None) -> Answer:  # fmt: skip
+                     limit_headers: dict[str, str], expected: int | None, partial: Any = None) -> Answer:  # fmt: skip
         """Read the body and follow the job through the stages to its answer."""
         limit = self.config.max_body_bytes
         body = await read_capped(receive, limit, expected)
         if body is None:
             return too_large(limit)
         reply_send, reply_receive = trio.open_memory_channel[Any](1)
-        job = Job(key.org_id, key.id, key.monthly_span_quota, media, encoding, body, reply_send)
+        job = Job(key.org_id, key.id, key.monthly_span_quota, media, encoding, body, reply_send, partial=partial)
         with reply_receive:
             with trio.move_on_after(self.enqueue_timeout_s) as enqueue:
                 await self.validate_send.send(job)
@@ -217,8 +221,12 @@ def create_app(
     link_send: trio.MemorySendChannel[Call],
     readiness: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
 ) -> Callable[..., Awaitable[None]]:
-    """The worker's ASGI app: POST /ingest to `IngestHandler`, everything else to Quart."""
+    """The worker's ASGI app: POST /ingest to `IngestHandler`, /v1/* (OTLP) to
+    `stages.otlp_front`, everything else to Quart."""
+    from stages.otlp_front import OtlpHandler, not_traces
+
     ingest = IngestHandler(config, controlplane, state, validate_send, link_send)
+    otlp = OtlpHandler(config, controlplane, state, validate_send, link_send)
     app = QuartTrio("foglamp")
 
     def json_response(status: int, body: Any) -> Response:
@@ -247,6 +255,10 @@ def create_app(
     async def asgi(scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope["path"] == "/ingest" and scope["method"] == "POST":
             await ingest(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/v1/traces" and scope["method"] == "POST":
+            await otlp(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] in ("/v1/metrics", "/v1/logs"):
+            await not_traces(scope, send)
         else:
             await app(scope, receive, send)  # type: ignore[arg-type]  # an ASGI scope
 

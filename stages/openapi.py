@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from stages.openapi_examples import ANSWERS, INVALID_BATCH, VALID_BATCH
+from stages.openapi_otlp import otlp_paths
 from stages.payload import Batch
 
 _REF = "#/components/schemas/{name}"
@@ -143,7 +144,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "Foglamp ingest API", "version": "1", "description": DESCRIPTION},
         # Relative: the node that serves this document (and the /docs page's own origin).
         "servers": [{"url": "/", "description": "This node"}],
-        "paths": {"/ingest": {"post": _ingest(batch_schema)}, **_probes()},
+        "paths": {"/ingest": {"post": _ingest(batch_schema)}, **otlp_paths(), **_probes()},
         "components": {
             "schemas": components,
             "headers": _headers(),

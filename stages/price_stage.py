@@ -16,9 +16,12 @@ from pipeline.config import Config
 from pipeline.jobs import Job
 from pipeline.link import Call
 from pipeline.messages import Append
+from stages.otlp_map import AGGREGATE_KINDS
 from stages.payload import Batch
-from stages.price import PriceTable
+from stages.price import UNPRICED, PriceTable
 from stages.rows import encode_rows, span_row
+
+AGGREGATE = UNPRICED._replace(price_source="aggregate")
 
 
 # --------------------------------------------------------------------------- the stage
@@ -38,20 +41,28 @@ async def run_price(
         task_status.started()
         async for job in receive:
             batch = job.payload
+            aggregate = AGGREGATE_KINDS if job.media.startswith("otlp-") else frozenset()
             rows, spans = priced_rows(batch, job.org_id, table, ingested_at_ms=int(clock() * 1000),
-                                      max_io_bytes=config.max_io_bytes)  # fmt: skip
+                                      max_io_bytes=config.max_io_bytes, aggregate_kinds=aggregate)  # fmt: skip
             append = Append(0, job.org_id, job.key_id, spans, job.monthly_span_quota, rows)
             await send.send(Call(append, job.reply))
 
 
 def priced_rows(
-    batch: Batch, org_id: str, table: PriceTable, *, ingested_at_ms: int, max_io_bytes: int
+    batch: Batch, org_id: str, table: PriceTable, *, ingested_at_ms: int, max_io_bytes: int,
+    aggregate_kinds: frozenset[str] = frozenset(),
 ) -> tuple[bytes, int]:
-    """The batch's rows, priced and encoded for the store, and their count. Plain function."""
+    """The batch's rows, priced and encoded for the store, and their count. Plain function.
+    Spans of `aggregate_kinds` (OTLP agent/chain spans: usage summed over their children) keep
+    their tokens but are not priced, unless the caller gave a cost (OTLP.md §2)."""
     rows = []
     for trace in batch.traces:
         for span in trace.spans:
             usage = span.usage
+            if span.kind in aggregate_kinds and span.cost is None:
+                rows.append(span_row(org_id, trace, span, AGGREGATE, ingested_at_ms=ingested_at_ms,
+                                     max_io_bytes=max_io_bytes))  # fmt: skip
+                continue
             price = table.price(
                 provider=span.provider,
                 model=span.model,

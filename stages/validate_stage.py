@@ -12,7 +12,9 @@ import trio
 
 from pipeline.config import Config
 from pipeline.jobs import Job, Rejected, answer
+from pipeline.messages import AppendReply
 from stages.decompress import TooLarge, Undecodable, decompress
+from stages.otlp import check_otlp
 from stages.payload import Batch
 from stages.validate import InvalidBody, InvalidPayload, decode_batch
 
@@ -34,12 +36,16 @@ async def run_validate(
             result = check_job(job, config.max_decompressed_bytes, config.max_issues)
             if isinstance(result, Rejected):
                 answer(job, result)
+            elif not result.traces:  # an OTLP request with no usable span: nothing to store
+                answer(job, AppendReply(0, "ok", 0))
             else:
                 await send.send(replace(job, body=b"", payload=result))
 
 
 def check_job(job: Job, max_decompressed_bytes: int, max_issues: int) -> Batch | Rejected:
     """Decompression under its cap, then decoding and validation, as a value. Plain function."""
+    if job.media.startswith("otlp-"):
+        return check_otlp(job.body, job.media, job.encoding, max_decompressed_bytes, job.partial)
     body = decompress(job.body, job.encoding, max_decompressed_bytes)
     if isinstance(body, TooLarge):
         return Rejected(413, {"error": "payload_too_large", "limit": body.limit})

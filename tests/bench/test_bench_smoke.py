@@ -55,6 +55,9 @@ def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
     assert {"supervisor", "writer"} <= set(e2e["process_tree"]["cpu_percent"])
     assert sum(role.startswith("front-") for role in e2e["process_tree"]["cpu_percent"]) == 2
     assert n["sustained_requests_per_s"] > 0
+    otlp = n["e2e_otlp"]  # the same spans as OTLP protobuf to /v1/traces
+    assert otlp["statuses"].get("200", 0) > 0 and otlp["stored"] == otlp["spans_accepted"] > 0
+    assert otlp["persisted_spans_per_s"] > 0
     for phase in ("at_80", "overload"):
         p = n[phase]
         assert p["rate_requests_per_s"] > 0 and p["connections"] > 0 and p["requests"] > 0
@@ -78,3 +81,4 @@ def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
     for heading in ("# Benchmarks", "## Machine", "## Command", "## Numbers", "## Ratios and targets", "## Notes"):
         assert heading in text
     assert "-m bench.run --tiny" in text and "e2e / raw insert" in text and "< 250 ms" in text
+    assert "OTLP protobuf / v1 JSON, persisted spans/s" in text
