@@ -22,7 +22,7 @@ from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from node.loadgen import PLACEHOLDER, _BatchBuilder, _Text
 
@@ -105,7 +105,7 @@ def to_request(batch: dict[str, Any], body: int, placeholder: bytes) -> ExportTr
                 out.parent_span_id = ids[span["parentId"]]
             out.kind = _KINDS.get(span["kind"], Span.SPAN_KIND_INTERNAL)
             out.start_time_unix_nano, out.end_time_unix_nano = _ns(span["startTime"]), _ns(span["endTime"])
-            out.status.code = 2 if span["status"] == "error" else 1
+            out.status.code = Status.STATUS_CODE_ERROR if span["status"] == "error" else Status.STATUS_CODE_OK
             if span.get("statusMessage"):
                 out.status.message = span["statusMessage"]
             for key, value in _attributes(span, trace, span.get("parentId") is None).items():

@@ -20,7 +20,7 @@ import msgspec
 
 from stages.otlp_decode import Attributes, OtlpSpan
 from stages.otlp_io import extract_input, extract_output, is_io_key
-from stages.payload import Cost, Span, Trace, Usage
+from stages.payload import Cost, Span, SpanKind, SpanStatus, Trace, Usage
 
 KINDS = frozenset({"llm", "embedding", "tool", "retrieval", "agent", "chain", "custom"})
 AGGREGATE_KINDS = frozenset({"agent", "chain"})  # usage summed over children: not priced
@@ -29,7 +29,7 @@ _EARLIEST_NS = -2208988800 * 10**9  # 1900-01-01, as stages.validate.EARLIEST
 _LATEST_NS = 10413791999 * 10**9  # 2299-12-31T23:59:59
 _MAX_TOKENS = 2**53 - 1
 _HEX = re.compile(r"[0-9a-f]*")
-_STATUS = {0: "unset", 1: "ok", 2: "error"}
+_STATUS: dict[int, SpanStatus] = {0: "unset", 1: "ok", 2: "error"}
 _json = msgspec.json.Encoder()
 
 # Limits of stages.payload (a Trace/Span built here is never re-validated): cut, don't refuse.
@@ -72,14 +72,15 @@ _PROVIDERS = {"openai.chat": "openai", "openai.responses": "openai", "gcp.vertex
 _NOT_PROVIDERS = frozenset({"langchain", "llamaindex", "llama_index", "gcp.vertex.agent", "crewai",
                             "haystack", "dspy", "openinference", "traceloop"})  # fmt: skip
 
-_OPENINFERENCE_KINDS = {"LLM": "llm", "EMBEDDING": "embedding", "TOOL": "tool",
+_OPENINFERENCE_KINDS: dict[str, SpanKind] = {"LLM": "llm", "EMBEDDING": "embedding", "TOOL": "tool",
                         "RETRIEVER": "retrieval", "RERANKER": "retrieval", "AGENT": "agent",
                         "CHAIN": "chain"}  # fmt: skip
-_OPERATION_KINDS = {"chat": "llm", "text_completion": "llm", "generate_content": "llm",
+_OPERATION_KINDS: dict[str, SpanKind] = {"chat": "llm", "text_completion": "llm", "generate_content": "llm",
                     "embeddings": "embedding", "execute_tool": "tool", "retrieval": "retrieval",
                     "invoke_agent": "agent", "create_agent": "agent", "invoke_workflow": "chain"}  # fmt: skip
-_TRACELOOP_KINDS = {"workflow": "chain", "task": "chain", "agent": "agent", "tool": "tool"}
-_REQUEST_TYPES = {"chat": "llm", "completion": "llm", "embedding": "embedding", "rerank": "retrieval"}
+_TRACELOOP_KINDS: dict[str, SpanKind] = {"workflow": "chain", "task": "chain", "agent": "agent", "tool": "tool"}
+_REQUEST_TYPES: dict[str, SpanKind] = {"chat": "llm", "completion": "llm", "embedding": "embedding",
+                                       "rerank": "retrieval"}  # fmt: skip
 
 # Column values from attributes: key -> (field, precedence, converter to a usable value or None).
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
@@ -161,8 +162,8 @@ def map_span(span: OtlpSpan, root_name: str = "", cache: dict[int, Any] | None =
         cost=Cost(total=cost) if cost is not None else None,
         attributes=attributes_of(span, resource_attributes),
     )
-    out.input = extract_input(attrs, span.events)
-    out.output = extract_output(attrs, span.events)
+    out.input = extract_input(attrs, span.events)  # type: ignore[assignment]  # JSON text, as decode_batch leaves it
+    out.output = extract_output(attrs, span.events)  # type: ignore[assignment]
     name = fields.get("trace_name") or (span.name if parent is None else root_name)
     return Trace(
         id=span.trace_id,
@@ -211,11 +212,11 @@ def collect(attrs: Attributes) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- columns
-def kind_of(attrs: Attributes, model: str | None, usage: Usage | None) -> str:
+def kind_of(attrs: Attributes, model: str | None, usage: Usage | None) -> SpanKind:
     """The v1 kind of a span, first matching rule wins (OTLP.md §2)."""
     value = _str(attrs.get("foglamp.span.kind"))
     if value and value.lower() in KINDS:
-        return value.lower()
+        return value.lower()  # type: ignore[return-value]  # one of KINDS
     value = _str(attrs.get("openinference.span.kind"))
     if value:
         return _OPENINFERENCE_KINDS.get(value.upper(), "custom")
@@ -264,7 +265,10 @@ def _usage(fields: dict[str, Any]) -> Usage | None:
             input_tokens = max(input_tokens, total - output_tokens)
         elif found[1] is None and found[0] is not None:
             output_tokens = max(output_tokens, total - input_tokens)
-    clamp = lambda n: min(n, _MAX_TOKENS)  # noqa: E731
+
+    def clamp(n: int) -> int:
+        return min(n, _MAX_TOKENS)
+
     return Usage(input_tokens=clamp(input_tokens), output_tokens=clamp(output_tokens),
                  cache_read_tokens=clamp(cache_read), cache_write_tokens=clamp(cache_write),
                  reasoning_tokens=clamp(reasoning))  # fmt: skip
