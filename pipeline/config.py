@@ -81,6 +81,9 @@ class Config:
     spool_high_water_bytes: int = 256 * MiB
     admit_max_wait_ms: int = 1000
     spool_segment_bytes: int = 64 * MiB
+    # A reserve on the data dir's file system (pipeline/disk.py): below this much free space new
+    # batches get 503 overloaded and /readyz 503 degraded, so the spool and the store never fill it.
+    min_free_disk_bytes: int = 256 * MiB
 
     # --- lifecycle (SPEC §6)
     drain_grace_s: float = 1.0

@@ -28,6 +28,7 @@ import outcome
 import trio
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from pipeline.disk import is_disk_full
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.priority import StorePriority, name_this_thread, renice_this_thread
 
@@ -35,8 +36,9 @@ T = TypeVar("T")
 # Rows in `FORMAT MsgPack`: one buffer, or several inserted back to back as one block (no join).
 Rows = bytes | Sequence[bytes | bytearray | memoryview]
 
-# ClickHouse error codes worth retrying: timeouts, memory, too many parts/queries, shutdown.
-_RETRYABLE_CODES = {159, 164, 202, 209, 210, 241, 242, 252, 279, 285, 319, 394, 425, 999}
+# ClickHouse error codes worth retrying: timeouts, memory, too many parts/queries, shutdown, and
+# a full disk (75 CANNOT_WRITE_TO_FILE_DESCRIPTOR, 243 NOT_ENOUGH_SPACE, 1001 with ENOSPC inside).
+_RETRYABLE_CODES = {75, 159, 164, 202, 209, 210, 241, 242, 243, 252, 279, 285, 319, 394, 425, 999}
 
 QUERY_FORMATS = {"json": "JSONEachRow", "tsv": "TabSeparatedWithNames", "table": "PrettyCompactMonoBlock"}
 
@@ -99,7 +101,8 @@ class translate_errors:
         if exc is None or not isinstance(exc, (ClickHouseError, OSError)):
             return False
         message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-        if isinstance(exc, (OperationalError, OSError)) or _code(exc) in _RETRYABLE_CODES:
+        retryable = isinstance(exc, (OperationalError, OSError)) or _code(exc) in _RETRYABLE_CODES
+        if retryable or is_disk_full(exc):  # a full disk is an outage, not bad data
             raise RetryableError(message) from exc
         raise PermanentError(message) from exc
 

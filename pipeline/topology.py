@@ -210,6 +210,11 @@ def store_opener(config: Config) -> Store:
     from pipeline.store import open_store
     from pipeline.testing import FaultyStore
 
+    if config.store_url.startswith("chdb://"):  # a full disk may have cut its metadata short
+        from pipeline.embedded_repair import repair_metadata
+
+        root = Path(config.store_url.removeprefix("chdb://"))
+        repair_metadata(root, config.clickhouse_database, ddl(config.clickhouse_database))
     store = open_store(config.store_url)
     if config.store_fault_file:
         return FaultyStore(store, Path(config.store_fault_file))

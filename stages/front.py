@@ -33,6 +33,7 @@ from quart_trio import QuartTrio
 from pipeline import metrics
 from pipeline.config import Config
 from pipeline.controlplane import ApiKey, ControlPlane, parse_key_header
+from pipeline.disk import low_disk_reason
 from pipeline.drain import DrainState
 from pipeline.jobs import Job, Rejected
 from pipeline.link import Call, call
@@ -233,6 +234,8 @@ def create_app(
     async def readyz() -> Response:
         if state.draining:
             return json_response(503, {"status": "draining"})
+        if reason := low_disk_reason(config.data_dir, config.min_free_disk_bytes):
+            return json_response(503, {"status": "degraded", "disk": reason})
         return json_response(*await readiness())
 
     @app.get("/metrics")
