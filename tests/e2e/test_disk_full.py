@@ -98,3 +98,45 @@ def test_a_full_disk_refuses_new_batches_then_recovers_and_loses_nothing(small_d
     finally:
         with contextlib.suppress(Exception):
             node.stop()
+
+
+def test_without_a_floor_a_full_disk_is_retried_and_nothing_accepted_is_lost(small_disk: Path) -> None:
+    """No reserve: the spool and the store hit ENOSPC themselves. Batches get 503, the writer
+    keeps running, and after space is freed every 202'd span is stored."""
+    data_dir = small_disk / "data"
+    env = {"INGEST_MIN_FREE_DISK_BYTES": "0", "INGEST_SPOOL_SEGMENT_BYTES": str(4 * MiB),
+           "INGEST_FLUSH_INTERVAL_MS": "200", "INGEST_FLUSH_RETRY_MAX_S": "1"}  # fmt: skip
+    node = Node(data_dir, env=env).start()
+    try:
+        key = create_key(data_dir, create_org(data_dir, "acme"))
+        ballast = small_disk / "ballast"
+        fill(ballast, leave_free=3 * MiB)
+        accepted, refused = 0, 0
+        with httpx.Client() as client:
+            for _ in range(150):
+                response = node.post(big_batch(), key=key, client=client)
+                if response.status_code == 202:
+                    accepted += response.json()["accepted"]
+                else:
+                    assert response.status_code == 503, response.text
+                    refused += 1
+                    if refused >= 5:
+                        break
+            assert refused >= 5, "a full disk never refused a batch"
+            time.sleep(2)  # the flush meets the full disk too
+            assert node.process is not None and node.process.poll() is None, node.logs()
+            ballast.unlink()
+            deadline = time.monotonic() + 90
+            while True:
+                response = node.post(big_batch(), key=key, client=client)
+                if response.status_code == 202:
+                    accepted += response.json()["accepted"]
+                    break
+                assert time.monotonic() < deadline, node.logs()
+                time.sleep(0.5)
+        sql = "SELECT count() AS c FROM foglamp.spans FINAL"
+        assert wait_for_rows(data_dir, sql, accepted, timeout_s=120) == accepted
+        assert "flush_rejected" not in node.logs()
+    finally:
+        with contextlib.suppress(Exception):
+            node.stop()
