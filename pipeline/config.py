@@ -62,6 +62,11 @@ class Config:
     # Largest socket read of a front (Hypercorn's 64 KiB otherwise): a 200 KB body in ~3 reads, not
     # ~5, each of which costs a trip through h11 and Hypercorn; up to 10 reads wait per connection.
     http_read_bytes: int = 128 * 1024
+    # Deadline of a request's body from its head: this plus its size at the minimum rate; a client
+    # slower than that gets 408 and its slot back (stages/http_guard.py). No read waits longer.
+    request_timeout_ms: int = 10_000
+    min_request_bytes_per_s: int = 64 * 1024
+    keep_alive_timeout_s: float = 75.0
     enqueue_timeout_ms: int = 200  # a full channel for longer than this is a 503 overloaded
     ack_timeout_ms: int = 10_000  # the writer must have spooled a batch by then, or 503
 

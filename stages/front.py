@@ -39,6 +39,7 @@ from pipeline.jobs import Job, Rejected
 from pipeline.link import Call, call
 from pipeline.messages import Admit, AdmitReply, AppendReply
 from stages.decompress import ENCODINGS
+from stages.http_guard import body_deadline_s, guard
 from stages.openapi import openapi_document
 
 _json = msgspec.json.Encoder()
@@ -145,11 +146,11 @@ class IngestHandler:
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         raw_key = parse_key_header(headers.get("authorization"), headers.get("x-api-key"))
         key = self.controlplane.authenticate(raw_key) if raw_key else None
-        if key is None:
-            return 401, {"error": "unauthorized"}, {"WWW-Authenticate": "Bearer"}
+        if key is None:  # the body is not read: close (see stages/http_guard.py)
+            return 401, {"error": "unauthorized"}, {"WWW-Authenticate": "Bearer", "Connection": "close"}
         media, encoding = media_of(headers.get("content-type")), encoding_of(headers.get("content-encoding"))
         if media is None or encoding is None:
-            return 415, {"error": "unsupported_media_type"}, {}
+            return 415, {"error": "unsupported_media_type"}, {"Connection": "close"}
         limit = self.config.max_body_bytes
         declared = headers.get("content-length", "")
         expected = int(declared) if declared.isdigit() else None  # None: chunked
@@ -167,7 +168,8 @@ class IngestHandler:
                 return shed()
             limit_headers = rate_limit_headers(admit)
             if not admit.allowed:
-                return 429, {"error": "rate_limited"}, {"Retry-After": str(admit.retry_after_s), **limit_headers}
+                return 429, {"error": "rate_limited"}, {"Retry-After": str(admit.retry_after_s), **limit_headers,
+                                                        "Connection": "close"}  # fmt: skip
             return await self.accept(receive, key, media, encoding, limit_headers, expected)
         finally:
             self.in_flight -= 1
@@ -176,7 +178,11 @@ class IngestHandler:
                      limit_headers: dict[str, str], expected: int | None) -> Answer:  # fmt: skip
         """Read the body and follow the job through the stages to its answer."""
         limit = self.config.max_body_bytes
-        body = await read_capped(receive, limit, expected)
+        body = None
+        with trio.move_on_after(body_deadline_s(self.config, expected)) as reading:
+            body = await read_capped(receive, limit, expected)
+        if reading.cancelled_caught:  # a stalled client: its slot back, the connection closed
+            return 408, {"error": "request_timeout"}, {"Connection": "close"}
         if body is None:
             return too_large(limit)
         reply_send, reply_receive = trio.open_memory_channel[Any](1)
@@ -246,13 +252,7 @@ def create_app(
     async def openapi() -> Response:
         return json_response(200, openapi_document())
 
-    async def asgi(scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and scope["path"] == "/ingest" and scope["method"] == "POST":
-            await ingest(scope, receive, send)
-        else:
-            await app(scope, receive, send)
-
-    return asgi
+    return guard(config, ingest, app)
 
 
 async def run_front(
@@ -268,7 +268,10 @@ async def run_front(
     hconfig = HypercornConfig()
     hconfig.bind = [f"fd://{listen_fd}"]
     hconfig.graceful_timeout = config.drain_timeout_s
-    hconfig.keep_alive_timeout = 75.0
+    hconfig.keep_alive_timeout = config.keep_alive_timeout_s
+    # A connection silent for longer than an idle keep-alive or a request may last is dropped: a
+    # stalled head too (a stalled body gets 408 from the app first, see stages/http_guard.py).
+    hconfig.read_timeout = math.ceil(max(config.keep_alive_timeout_s, config.request_timeout_ms / 1000))
     hconfig.backlog = 2048
     hconfig.accesslog = None
     hconfig.errorlog = None
