@@ -14,6 +14,14 @@ import msgspec
 from stages.payload import Batch
 
 _REF = "#/components/schemas/{name}"
+CROSS_FIELD_RULES = (
+    "startTime and endTime between 1900-01-01T00:00:00Z and 2299-12-31T23:59:59Z (invalid_timestamp)",
+    "endTime not before startTime (end_before_start)",
+    "parentId not equal to the span's id (parent_is_self)",
+    "inputTokens >= cacheReadTokens + cacheWriteTokens, outputTokens >= reasoningTokens (token_counts)",
+    "span ids unique within a trace id, across the batch (duplicate_id)",
+    "input and output representable as JSON: msgpack only (invalid_value)",
+)
 
 
 def _error(code: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -43,6 +51,10 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     components["Issue"] = issue
+    # What the schema cannot say: the rules across fields, checked after it (stages/validate.py).
+    components["Batch"]["description"] = (components["Batch"].get("description", "") + "\n\nRules beyond "
+                                          "this schema (400 invalid_payload): " + "; ".join(CROSS_FIELD_RULES))
+    components["Batch"]["x-cross-field-rules"] = list(CROSS_FIELD_RULES)  # fmt: skip
     body = {"application/json": {"schema": batch_schema}, "application/msgpack": {"schema": batch_schema}}
     ingest = {
         "summary": "Ingest a batch of traces",
@@ -60,6 +72,7 @@ def openapi_document() -> dict[str, Any]:
                              ),  # fmt: skip
             "401": _response("Missing, malformed, unknown or revoked key", _error("unauthorized"),
                              headers=("WWW-Authenticate",)),  # fmt: skip
+            "408": _response("The body did not arrive in time (Connection: close)", _error("request_timeout")),
             "413": _response("Body or decompressed body too large",
                              _error("payload_too_large", {"limit": {"type": "integer"}})),  # fmt: skip
             "415": _response("Unsupported Content-Type or Content-Encoding", _error("unsupported_media_type")),
