@@ -94,7 +94,8 @@ async def run_writer(config: Config) -> None:
     from pipeline.store import AsyncStore, connect_once, sample_active_parts, store_opener
 
     embedded = config.store_url.startswith("chdb://")  # the store's threads are this process's
-    store = AsyncStore(functools.partial(store_opener, config), ddl(config.clickhouse_database),
+    schema = ddl(config.clickhouse_database)
+    store = AsyncStore(functools.partial(store_opener, config, schema), schema,
                        thread_nice=config.store_nice if embedded else 0,
                        inserts=config.flush_parallel_inserts)  # fmt: skip
     await connect_once(store)

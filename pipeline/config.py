@@ -63,8 +63,12 @@ class Config:
     # Largest socket read of a front (Hypercorn's 64 KiB otherwise): fewer trips through h11 and
     # Hypercorn per body (docs/PERFORMANCE.md, "HTTP read size").
     http_read_bytes: int = 128 * 1024
-    http_keep_alive_s: float = 75.0  # an idle client connection is closed after this
     http_backlog: int = 2048  # connections the kernel queues before the fronts accept them
+    # Deadline of a request's body from its head: this plus its size at the minimum rate; a client
+    # slower than that gets 408 and its slot back (stages/http_guard.py). No read waits longer.
+    request_timeout_ms: int = 10_000
+    min_request_bytes_per_s: int = 64 * 1024
+    keep_alive_timeout_s: float = 75.0  # an idle keep-alive connection is closed after this
     enqueue_timeout_ms: int = 200  # a full channel for longer than this is a 503 overloaded
     ack_timeout_ms: int = 10_000  # the writer must have spooled a batch by then, or 503
 
@@ -84,6 +88,9 @@ class Config:
     spool_high_water_bytes: int = 256 * MiB
     admit_max_wait_ms: int = 1000
     spool_segment_bytes: int = 64 * MiB
+    # A reserve on the data dir's file system (pipeline/disk.py): below this much free space new
+    # batches get 503 overloaded and /readyz 503 degraded, so the spool and the store never fill it.
+    min_free_disk_bytes: int = 256 * MiB
 
     # --- lifecycle (SPEC §6)
     drain_grace_s: float = 1.0
@@ -217,7 +224,8 @@ def _check(config: Config) -> None:
         "flush_interval_ms", "flush_max_rows", "flush_max_bytes", "spool_max_bytes", "spool_segment_bytes",
         "rate_limit_rps", "drain_timeout_s", "enqueue_timeout_ms", "ack_timeout_ms", "max_inflight_requests",
         "spool_high_water_bytes", "admit_max_wait_ms", "flush_parallel_inserts", "http_read_bytes",
-        "http_keep_alive_s", "http_backlog", "spool_max_group", "link_reply_capacity",
+        "keep_alive_timeout_s", "http_backlog", "spool_max_group", "link_reply_capacity",
+        "request_timeout_ms", "min_request_bytes_per_s",
     ]  # fmt: skip
     for name in positive:
         if getattr(config, name) <= 0:

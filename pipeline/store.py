@@ -31,6 +31,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 
 from pipeline import metrics
 from pipeline.config import Config
+from pipeline.disk import is_disk_full
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.log import get_logger
 from pipeline.priority import StorePriority, name_this_thread, renice_this_thread
@@ -40,8 +41,9 @@ T = TypeVar("T")
 # Rows in `FORMAT MsgPack`: one buffer, or several inserted back to back as one block (no join).
 Rows = bytes | Sequence[bytes | bytearray | memoryview]
 
-# ClickHouse error codes worth retrying: timeouts, memory, too many parts/queries, shutdown.
-_RETRYABLE_CODES = {159, 164, 202, 209, 210, 241, 242, 252, 279, 285, 319, 394, 425, 999}
+# ClickHouse error codes worth retrying: timeouts, memory, too many parts/queries, shutdown, and
+# a full disk (75 CANNOT_WRITE_TO_FILE_DESCRIPTOR, 243 NOT_ENOUGH_SPACE, 1001 with ENOSPC inside).
+_RETRYABLE_CODES = {75, 159, 164, 202, 209, 210, 241, 242, 243, 252, 279, 285, 319, 394, 425, 999}
 
 QUERY_FORMATS = {"json": "JSONEachRow", "tsv": "TabSeparatedWithNames", "table": "PrettyCompactMonoBlock"}
 
@@ -104,7 +106,8 @@ class translate_errors:
         if exc is None or not isinstance(exc, (ClickHouseError, OSError)):
             return False
         message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-        if isinstance(exc, (OperationalError, OSError)) or _code(exc) in _RETRYABLE_CODES:
+        retryable = isinstance(exc, (OperationalError, OSError)) or _code(exc) in _RETRYABLE_CODES
+        if retryable or is_disk_full(exc):  # a full disk is an outage, not bad data
             raise RetryableError(message) from exc
         raise PermanentError(message) from exc
 
@@ -248,10 +251,15 @@ class AsyncStore:
                     lane.thread = None
 
 
-def store_opener(config: Config) -> Store:
-    """The store `config` names, behind `pipeline.testing.FaultyStore` if a fault file is set."""
+def store_opener(config: Config, schema: Sequence[str]) -> Store:
+    """The store `config` names, behind `pipeline.testing.FaultyStore` if a fault file is set. An
+    embedded store's metadata cut short by a full disk is first rebuilt from `schema` (its DDL)."""
     from pipeline.testing import FaultyStore  # it imports this module
 
+    if config.store_url.startswith("chdb://"):
+        from pipeline.embedded_repair import repair_metadata
+
+        repair_metadata(Path(config.store_url.removeprefix("chdb://")), config.clickhouse_database, list(schema))
     store = open_store(config.store_url)
     if config.store_fault_file:
         return FaultyStore(store, Path(config.store_fault_file))

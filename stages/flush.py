@@ -11,7 +11,8 @@ backoff, forever: the data is safe in the spool, and the spool cap turns a long 
 at the front. A `PermanentError` (the store refuses the block itself) splits the block into its
 batches; a batch the store still refuses is moved to `<data dir>/deadletter/` with an error log
 line, so one bad batch can neither stall the node nor take good batches with it; an operator
-can inspect and replay it.
+can inspect and replay it. A full disk is never a refusal (it is retried), and a dead-letter file
+that cannot be written is retried too: the batch stays in the spool meanwhile.
 
 Resource handling: the stage returns after a final flush once the spool stage has ended
 (`FlushSignal.input_ended`); the caller bounds that final flush with the drain deadline.
@@ -30,6 +31,7 @@ import trio
 
 from pipeline import metrics
 from pipeline.config import Config
+from pipeline.disk import is_disk_full
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.flush_state import FlushHealth, FlushSignal
 from pipeline.log import get_logger
@@ -204,9 +206,27 @@ async def _insert_or_deadletter(
         for i, record in enumerate(block.records):
             await _insert_or_deadletter(config, insert, make_block(f"{block.token}#{i}", [record]), health, urgent)
         return
-    path = write_deadletter(config.data_dir / "deadletter", block)
-    health.deadlettered_records += 1
-    log.error("flush_rejected", error=str(refused), rows=block.row_count, deadletter=str(path))
+    await deadletter_or_wait(config, block, health, refused)
+
+
+async def deadletter_or_wait(config: Config, block: Block, health: FlushHealth, refused: Exception) -> None:
+    """Move a refused batch to the dead-letter directory; while that cannot be written (a full
+    disk, an I/O error), wait and try again: the batch stays in the spool, which is not
+    checkpointed past it, so nothing is lost and the writer does not crash."""
+    attempt = 0
+    while True:
+        try:
+            path = await trio.to_thread.run_sync(write_deadletter, config.data_dir / "deadletter", block)
+        except OSError as exc:
+            health.store_ok, health.last_error = False, f"cannot write deadletter: {exc}"
+            delay = backoff_s(attempt, config.flush_retry_max_s)
+            log.error("deadletter_write_failed", error=str(exc), rows=block.row_count, retry_in_s=delay)
+            attempt += 1
+            await trio.sleep(delay)
+            continue
+        health.deadlettered_records += 1
+        log.error("flush_rejected", error=str(refused), rows=block.row_count, deadletter=str(path))
+        return
 
 
 async def _insert_with_retry(config: Config, insert: Insert, block: Block, health: FlushHealth, urgent: bool) -> None:
@@ -226,7 +246,16 @@ async def _insert_with_retry(config: Config, insert: Insert, block: Block, healt
             attempt += 1
             await trio.sleep(delay)
             continue
-        except PermanentError:
+        except PermanentError as exc:
+            if is_disk_full(exc):  # whatever the store called it, a full disk is an outage
+                health.store_ok, health.last_error = False, str(exc)
+                health.failures += 1
+                metrics.flush_failures.labels("retryable").inc()
+                delay = backoff_s(attempt, config.flush_retry_max_s)
+                log.warning("flush_failed_disk_full", error=str(exc), rows=block.row_count, retry_in_s=delay)
+                attempt += 1
+                await trio.sleep(delay)
+                continue
             health.failures += 1
             metrics.flush_failures.labels("permanent").inc()
             raise
@@ -245,6 +274,12 @@ def write_deadletter(directory: Path, block: Block) -> Path:
     """Keep a refused block's spool records, length-prefixed, for the operator."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{block.token.replace(':', '_').replace('#', '_')}.records"
-    with open(path, "wb") as out:
-        out.writelines(len(record).to_bytes(4, "big") + record for record in block.records)
+    partial = path.with_suffix(".partial")
+    try:
+        with open(partial, "wb") as out:
+            out.writelines(len(record).to_bytes(4, "big") + record for record in block.records)
+        partial.replace(path)
+    except OSError:
+        partial.unlink(missing_ok=True)  # a half-written file is not a dead letter
+        raise
     return path

@@ -28,6 +28,14 @@ optionally gzip- or zstd-compressed, authorised with an API key from `run.py key
 write-ahead spool: it will be stored, even across a crash. Checks run in this order: draining,
 key, media type, size, rate limit, then the payload; the first failure answers.
 """
+CROSS_FIELD_RULES = (
+    "startTime and endTime between 1900-01-01T00:00:00Z and 2299-12-31T23:59:59Z (invalid_timestamp)",
+    "endTime not before startTime (end_before_start)",
+    "parentId not equal to the span's id (parent_is_self)",
+    "inputTokens >= cacheReadTokens + cacheWriteTokens, outputTokens >= reasoningTokens (token_counts)",
+    "span ids unique within a trace id, across the batch (duplicate_id)",
+    "input and output representable as JSON: msgpack only (invalid_value)",
+)
 
 
 def _error(code: str, extra: dict[str, Any] | None = None, required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -91,6 +99,8 @@ def _ingest(batch_schema: dict[str, Any]) -> dict[str, Any]:
                              examples=("invalid_body", "invalid_payload")),  # fmt: skip
             "401": _response("Missing, malformed, unknown or revoked key", _error("unauthorized"),
                              headers=("WWW-Authenticate",), examples=("unauthorized",)),  # fmt: skip
+            "408": _response("The body did not arrive within its deadline; the connection closes",
+                             _error("request_timeout"), examples=("request_timeout",)),  # fmt: skip
             "413": _response("Body or decompressed body larger than the node's limit (bytes); the connection closes",
                              _error("payload_too_large", {"limit": {"type": "integer"}}, ("limit",)),
                              examples=("payload_too_large",)),  # fmt: skip
@@ -139,6 +149,10 @@ def openapi_document() -> dict[str, Any]:
             "message": {"type": "string"},
         },
     }
+    # What the schema cannot say: the rules across fields, checked after it (stages/validate.py).
+    components["Batch"]["description"] = (components["Batch"].get("description", "") + "\n\nRules beyond "
+                                          "this schema (400 invalid_payload): " + "; ".join(CROSS_FIELD_RULES))
+    components["Batch"]["x-cross-field-rules"] = list(CROSS_FIELD_RULES)  # fmt: skip
     return {
         "openapi": "3.1.0",
         "info": {"title": "Foglamp ingest API", "version": "1", "description": DESCRIPTION},

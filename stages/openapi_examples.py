@@ -69,6 +69,7 @@ ANSWERS: dict[str, dict[str, Any]] = {
         },
     ),  # fmt: skip
     "unauthorized": _answer("No valid key", {"error": "unauthorized"}),
+    "request_timeout": _answer("The body stalled", {"error": "request_timeout"}),
     "payload_too_large": _answer("Too large", {"error": "payload_too_large", "limit": 5242880}),
     "unsupported_media_type": _answer("Unsupported media type", {"error": "unsupported_media_type"}),
     "rate_limited": _answer("Rate limited", {"error": "rate_limited"}),

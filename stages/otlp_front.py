@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from pipeline import metrics
 from stages.decompress import OTLP_ENCODINGS
-from stages.front import IngestHandler
+from stages.ingest_http import IngestHandler
 from stages.otlp import Partial
 from stages.otlp_answer import CONTENT_TYPES, answer_media, error_message, otlp_media_of, status, success
 
@@ -37,12 +37,13 @@ class OtlpHandler(IngestHandler):
         await _send(send, code, media, payload, headers)
 
 
-async def not_traces(scope: dict, send: Callable) -> None:
-    """`/v1/metrics` and `/v1/logs`: a clear 404, never a parse error."""
-    media = answer_media(_header(scope, b"content-type"))
-    signal = scope["path"].rsplit("/", 1)[-1]
+def not_traces_answer(path: str, content_type: str | None) -> tuple[int, bytes, str]:
+    """`/v1/metrics` and `/v1/logs`: a clear 404 (status, body, content type) in the request's
+    encoding, never a parse error."""
+    media = answer_media(content_type)
+    signal = path.rsplit("/", 1)[-1]
     message = f"this node accepts OTLP traces only (POST /v1/traces), not {signal}"
-    await _send(send, 404, media, status(media, 404, message), {})
+    return 404, status(media, 404, message), CONTENT_TYPES[media]
 
 
 def _header(scope: dict, name: bytes) -> str | None:

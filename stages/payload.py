@@ -30,8 +30,11 @@ import msgspec
 from msgspec import Meta, Raw
 
 Id = Annotated[str, Meta(min_length=1, max_length=128)]
-Timestamp = Annotated[datetime, Meta(tz=True)]
-TokenCount = Annotated[int, Meta(ge=0, le=2**53 - 1)]  # JSON's safe integers
+# The range is the store's (DateTime64(6)); a cross-field rule in stages/validate.py checks it.
+TIMESTAMP_RULE = "RFC 3339 date-time with a UTC offset, between 1900-01-01T00:00:00Z and 2299-12-31T23:59:59Z"
+Timestamp = Annotated[datetime, Meta(tz=True, description=TIMESTAMP_RULE)]
+# JSON's safe integers; an integral float (12.0) is accepted as its integer (JSON Schema's view).
+TokenCount = Annotated[int, Meta(ge=0, le=2**53 - 1)]
 Scalar = str | int | float | bool
 ScalarMap = dict[str, Scalar]
 

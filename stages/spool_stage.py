@@ -20,6 +20,7 @@ import trio
 
 from pipeline import metrics
 from pipeline.config import Config
+from pipeline.disk import low_disk_reason
 from pipeline.errors import RetryableError
 from pipeline.flush_state import FlushSignal
 from pipeline.jobs import SpoolJob
@@ -90,6 +91,10 @@ async def _commit_group(
     jobs: list[SpoolJob],
     month: int,
 ) -> None:
+    if low_disk(config):  # keep the reserve: nothing new is taken, what was taken is flushed
+        for job in jobs:
+            _answer(job, "overloaded", retry_after_s=5)
+        return
     free = config.spool_max_bytes - spool.pending_bytes()
     admitted, refused = decide(jobs, ledger, month, free)
     for job, status in refused:
@@ -113,6 +118,21 @@ async def _commit_group(
         ledger.charge(job.append.org_id, job.append.spans, month)
         _answer(job, "ok")
     flush.add(sum(j.append.spans for j in admitted), config, spool.pending_bytes())
+
+
+_low_disk_logged: list[str | None] = [None]
+
+
+def low_disk(config: Config) -> bool:
+    """Free space on the data dir's file system is below the floor; logged when that changes."""
+    reason = low_disk_reason(config.data_dir, config.min_free_disk_bytes)
+    if reason != _low_disk_logged[0] and (reason is None) != (_low_disk_logged[0] is None):
+        if reason:
+            log.error("disk_low_refusing_batches", reason=reason)
+        else:
+            log.info("disk_space_recovered")
+    _low_disk_logged[0] = reason
+    return reason is not None
 
 
 def _answer(job: SpoolJob, status: AppendStatus, retry_after_s: int = 0) -> None:

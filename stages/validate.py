@@ -92,13 +92,43 @@ def decode_batch(
     try:
         batch = _DECODERS[media].decode(body)  # type: ignore[attr-defined]  # a JSON or a msgpack Decoder
     except msgspec.ValidationError as exc:
-        return _explain(body, media, exc, _Issues(max_issues, from_json=media == "json"))
+        batch = integral_floats_as_ints(body, media) if INT_AS_FLOAT in str(exc) else None
+        if batch is None:
+            return _explain(body, media, exc, _Issues(max_issues, from_json=media == "json"))
     except _NOT_DECODABLE as exc:
         return _invalid_body(media, exc)
     issues = _Issues(max_issues)
     _check_rules(batch, issues)
     _json_texts(batch, media, issues)
     return issues.result() if issues.items else batch
+
+
+INT_AS_FLOAT = "Expected `int`, got `float`"
+
+
+def integral_floats_as_ints(body: bytes | bytearray, media: Media) -> Batch | None:
+    """The batch with token counts written as integral floats (`12.0`, as JSON Schema counts them
+    integers) read as integers; None if it still does not decode. Only on that error's path."""
+    try:
+        value = ints_in_usage(_GENERIC[media](body))
+        encode = msgspec.json.encode if media == "json" else msgspec.msgpack.encode
+        return _DECODERS[media].decode(encode(value))  # type: ignore[attr-defined]  # a JSON or a msgpack Decoder
+    except (msgspec.ValidationError, *_NOT_DECODABLE, KeyError, TypeError, AttributeError):
+        return None
+
+
+def ints_in_usage(value: Any) -> Any:
+    """`value` (a generic batch) with integral float token counts made ints, in place."""
+    traces = value.get("traces") if isinstance(value, dict) else None
+    for trace in traces if isinstance(traces, list) else ():
+        spans = trace.get("spans") if isinstance(trace, dict) else None
+        for span in spans if isinstance(spans, list) else ():
+            usage = span.get("usage") if isinstance(span, dict) else None
+            if isinstance(usage, dict):
+                for name, count in usage.items():
+                    if isinstance(count, float) and count.is_integer() and abs(count) < 2**63:
+                        usage[name] = int(count)
+    return value
 
 
 class _Issues:
@@ -243,16 +273,14 @@ def _explain(
 ) -> InvalidBody | InvalidPayload:
     try:
         value = _GENERIC[media](body)
-    except msgspec.ValidationError as exc:  # a JSON number out of range: no walk possible
-        issues.add_error([], first)
-        if str(exc) != str(first):
-            issues.add_error([], exc)
+    except msgspec.ValidationError:  # a JSON number out of range: no walk possible; `first`
+        issues.add_error([], first)  # has its path (the generic decode's error has none)
         return issues.result()
     except _NOT_DECODABLE as exc:
         return _invalid_body(media, exc)
     if not isinstance(value, dict):
         return InvalidBody(f"the body must be an object at the root, got {_kind(value)}")
-    batch = _check(value, Batch, [], issues)
+    batch = _check(ints_in_usage(value), Batch, [], issues)
     _check_rules(batch, issues)
     if not issues.items:  # msgspec saw something the walk did not: report it as is
         issues.add_error([], first)

@@ -10,7 +10,7 @@ from stages.openapi_examples import ANSWERS, INVALID_BATCH, VALID_BATCH
 from stages.payload import Batch
 from stages.validate import InvalidBody, InvalidPayload, decode_batch
 
-INGEST_STATUSES = {"202", "400", "401", "413", "415", "429", "503"}
+INGEST_STATUSES = {"202", "400", "401", "408", "413", "415", "429", "503"}
 
 
 def test_every_json_answer_has_examples_and_a_description() -> None:
@@ -32,7 +32,7 @@ def test_ingest_documents_each_answer_shape_and_its_headers() -> None:
     assert set(responses) == INGEST_STATUSES
     errors = {status: {e["value"]["error"] for e in r["content"]["application/json"]["examples"].values()}
               for status, r in responses.items() if status != "202"}  # fmt: skip
-    assert errors == {"400": {"invalid_body", "invalid_payload"}, "401": {"unauthorized"},
+    assert errors == {"400": {"invalid_body", "invalid_payload"}, "401": {"unauthorized"}, "408": {"request_timeout"},
                       "413": {"payload_too_large"}, "415": {"unsupported_media_type"},
                       "429": {"rate_limited", "quota_exceeded"}, "503": {"draining", "overloaded"}}  # fmt: skip
     assert set(RATE_LIMIT_HEADERS) <= set(responses["202"]["headers"])
