@@ -50,6 +50,14 @@ class Config:
     max_issues: int = 100
     rate_limit_rps: float = 1000.0
 
+    # --- several nodes (README "Running several nodes"): empty = the SQLite file in data_dir.
+    # PostgreSQL answers are cached this long (fixed, from the read): the bound on revocation;
+    # while PostgreSQL is unreachable, keys read within outage_s keep working, others get 503.
+    controlplane_url: str = ""
+    controlplane_cache_s: float = 0.5
+    controlplane_outage_s: float = 60.0
+    controlplane_retry_s: float = 0.5
+
     # --- pricing (SPEC §3)
     prices_file: str = ""
 
@@ -199,6 +207,13 @@ def _check(config: Config) -> None:
     for name in ("front_nice", "store_nice", "merge_nice"):
         if not 0 <= getattr(config, name) <= 19:
             raise ConfigError(f"{env_name(name)} must be in 0..19, got {getattr(config, name)!r}")
+    for name in ("controlplane_cache_s", "controlplane_outage_s", "controlplane_retry_s"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(config, name)!r}")
+    if config.controlplane_url and not config.controlplane_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"INGEST_CONTROLPLANE_URL must start with postgresql://, got {config.controlplane_url!r}"
+        )
     if config.drain_grace_s < 0:
         raise ConfigError(f"INGEST_DRAIN_GRACE_S must be >= 0, got {config.drain_grace_s!r}")
     if config.clickhouse_url and not config.clickhouse_url.startswith(

@@ -29,7 +29,7 @@ import trio
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.controlplane import ControlPlane
+from pipeline.controlplane_pg import open_controlplane
 from pipeline.drain import DrainState, stdin_closed, watch_for_drain
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.jobs import Job
@@ -66,7 +66,7 @@ log = get_logger("topology")
 
 # =========================================================================== front worker
 async def run_front_worker(config: Config, listen_fd: int) -> None:
-    controlplane = ControlPlane.open(config.controlplane_db)
+    controlplane = open_controlplane(config)
     table = PriceTable.load(config.prices_file or None)
     state = DrainState()
     link_send, link_receive = trio.open_memory_channel[Call](config.link_capacity)
@@ -277,4 +277,4 @@ def preflight(config: Config) -> None:
     unusable data dir or control plane."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     PriceTable.load(config.prices_file or None)
-    ControlPlane.open(config.controlplane_db).close()
+    open_controlplane(config).close()

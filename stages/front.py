@@ -33,6 +33,7 @@ from quart_trio import QuartTrio
 from pipeline import metrics
 from pipeline.config import Config
 from pipeline.controlplane import ApiKey, ControlPlane, parse_key_header
+from pipeline.controlplane_pg import ControlPlaneUnavailable
 from pipeline.drain import DrainState
 from pipeline.jobs import Job, Rejected
 from pipeline.link import Call, call
@@ -143,7 +144,10 @@ class IngestHandler:
             return 503, {"error": "draining"}, {"Connection": "close"}
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         raw_key = parse_key_header(headers.get("authorization"), headers.get("x-api-key"))
-        key = self.controlplane.authenticate(raw_key) if raw_key else None
+        try:
+            key = self.controlplane.authenticate(raw_key) if raw_key else None
+        except ControlPlaneUnavailable:  # the key may be valid: retry here later, or elsewhere
+            return 503, {"error": "unavailable"}, {"Retry-After": "1"}
         if key is None:
             return 401, {"error": "unauthorized"}, {"WWW-Authenticate": "Bearer"}
         media, encoding = media_of(headers.get("content-type")), encoding_of(headers.get("content-encoding"))
