@@ -57,6 +57,11 @@ class Config:
     controlplane_cache_s: float = 0.5
     controlplane_outage_s: float = 60.0
     controlplane_retry_s: float = 0.5
+    # Rate limits in Redis, over all nodes; while Redis is unreachable each node allows
+    # 1/redis_fallback_nodes of a key's rate (set it to the number of nodes) and retries after redis_retry_s.
+    redis_url: str = ""
+    redis_fallback_nodes: int = 1
+    redis_retry_s: float = 1.0
 
     # --- pricing (SPEC §3)
     prices_file: str = ""
@@ -200,6 +205,7 @@ def _check(config: Config) -> None:
         "flush_interval_ms", "flush_max_rows", "flush_max_bytes", "spool_max_bytes", "spool_segment_bytes",
         "rate_limit_rps", "drain_timeout_s", "enqueue_timeout_ms", "ack_timeout_ms", "max_inflight_requests",
         "spool_high_water_bytes", "admit_max_wait_ms", "flush_parallel_inserts", "http_read_bytes",
+        "redis_fallback_nodes", "redis_retry_s",
     ]  # fmt: skip
     for name in positive:
         if getattr(config, name) <= 0:

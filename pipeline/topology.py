@@ -54,6 +54,7 @@ from stages.flush import FlushHealth, run_flush, status_reply
 from stages.front import create_app, run_front
 from stages.price import PriceTable
 from stages.price_stage import run_price
+from stages.redis_admission import Request, redis_batcher
 from stages.schema import COLUMN_NAMES, TABLE, ddl
 from stages.spool import FlushSignal, SpoolJob, run_spool
 from stages.validate_stage import run_validate
@@ -127,7 +128,11 @@ async def run_writer(config: Config) -> None:
     def backed_up() -> bool:
         return spool.pending_bytes() >= config.spool_high_water_bytes
 
+    batcher = redis_batcher(config)  # None: the in-process limiter (one node)
+
     def admit(message: Admit, reply: Reply) -> None:
+        if batcher is not None:
+            return batcher.submit(Request(message.key_id, message.rate_limit_rps, message.req_id), reply)
         reply(limiter.admit(message.key_id, message.rate_limit_rps, time.monotonic(), message.req_id))
 
     async def admit_when_flushed(message: Admit, reply: Reply) -> None:
@@ -168,6 +173,8 @@ async def run_writer(config: Config) -> None:
                 flushed_all.set()
 
         nursery.start_soon(flush)
+        if batcher is not None:
+            nursery.start_soon(batcher.run)
         await nursery.start(
             functools.partial(run_spool, config, spool, ledger, flush_signal, spool_receive, clock=clock)
         )

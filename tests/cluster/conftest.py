@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.cluster.servers import PgServer
+from tests.cluster.servers import PgServer, RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -22,3 +22,9 @@ def pg_url(pg: PgServer) -> str:
     with psycopg.connect(pg.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return pg.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
