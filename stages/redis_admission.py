@@ -142,6 +142,7 @@ class Batcher:
         self._wake.set()
 
     async def run(self) -> None:
+        metrics.redis_up.set(1)  # until a call fails
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
