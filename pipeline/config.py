@@ -42,6 +42,7 @@ class Config:
     # --- store
     clickhouse_url: str = ""  # empty: the embedded engine under data_dir/clickhouse
     clickhouse_database: str = "foglamp"
+    clickhouse_cluster: str = ""  # with an http(s) CLICKHOUSE_URL: spans_local ON CLUSTER + Distributed spans
 
     # --- request limits (SPEC §1, §2)
     max_body_bytes: int = 10 * MiB
@@ -220,6 +221,8 @@ def _check(config: Config) -> None:
         raise ConfigError(
             f"INGEST_CONTROLPLANE_URL must start with postgresql://, got {config.controlplane_url!r}"
         )
+    if config.clickhouse_cluster and not config.clickhouse_url.startswith(("http://", "https://")):
+        raise ConfigError("INGEST_CLICKHOUSE_CLUSTER needs a server: set CLICKHOUSE_URL=http(s)://…")
     if config.drain_grace_s < 0:
         raise ConfigError(f"INGEST_DRAIN_GRACE_S must be >= 0, got {config.drain_grace_s!r}")
     if config.clickhouse_url and not config.clickhouse_url.startswith(

@@ -55,7 +55,8 @@ from stages.front import create_app, run_front
 from stages.price import PriceTable
 from stages.price_stage import run_price
 from stages.redis_admission import Request, redis_batcher
-from stages.schema import COLUMN_NAMES, TABLE, ddl
+from stages.schema import COLUMN_NAMES, TABLE
+from stages.schema_cluster import schema_ddl
 from stages.spool import FlushSignal, SpoolJob, run_spool
 from stages.validate_stage import run_validate
 
@@ -107,7 +108,7 @@ async def run_writer(config: Config) -> None:
     # Imported here, not at the top: only the writer needs the store client (~20 MB per process).
     from pipeline.store import AsyncStore
     embedded = config.store_url.startswith("chdb://")  # the store's threads are this process's
-    store = AsyncStore(functools.partial(store_opener, config), ddl(config.clickhouse_database),
+    store = AsyncStore(functools.partial(store_opener, config), schema_ddl(config),
                        thread_nice=config.store_nice if embedded else 0,
                        inserts=config.flush_parallel_inserts)  # fmt: skip
     await connect_once(store)
