@@ -55,6 +55,7 @@ from stages.front import create_app, run_front
 from stages.price import PriceTable
 from stages.price_stage import run_price
 from stages.redis_admission import Request, redis_batcher
+from stages.redis_quota import quota_gate
 from stages.schema import COLUMN_NAMES, TABLE
 from stages.schema_cluster import schema_ddl
 from stages.spool import FlushSignal, SpoolJob, run_spool
@@ -177,7 +178,8 @@ async def run_writer(config: Config) -> None:
         if batcher is not None:
             nursery.start_soon(batcher.run)
         await nursery.start(
-            functools.partial(run_spool, config, spool, ledger, flush_signal, spool_receive, clock=clock)
+            functools.partial(run_spool, config, spool, ledger, flush_signal, spool_receive, clock=clock,
+                              gate=quota_gate(config, ledger))
         )
         links_scope = trio.CancelScope()
 
