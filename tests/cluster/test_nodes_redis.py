@@ -1,4 +1,4 @@
-"""Three real nodes sharing PostgreSQL and Redis: a key's rate limit holds over all nodes together
+"""Three real nodes sharing PostgreSQL and Redis: a key's rate limit and an org's quota hold over all nodes together
 (alone, each node would allow the whole burst), Redis killed: each node falls back to its share,
 /metrics says so; Redis back: shared again. Every 202 is stored exactly once."""
 
@@ -76,6 +76,18 @@ def test_rate_limit_over_all_nodes_and_redis_outage(nodes: list[Node], env: dict
     ok, elapsed = _spread(nodes, key, 30, "c", accepted)
     assert 3 <= ok <= 3 * elapsed + 3
     assert [_redis_up(n) for n in nodes] == [1.0, 1.0, 1.0]
+
+    # The org's quota over all nodes: 4 + 4 + 4 crosses 10 (accepted whole), then refused everywhere.
+    cli(nodes[0].data_dir, "orgs", "create", "small", "--monthly-span-quota", "10", env=env)
+    small = cli(nodes[1].data_dir, "keys", "create", "--org", "small", env=env).stdout.strip().splitlines()[-1]
+    statuses = []
+    for i in range(6):
+        body = batch(trace(f"q{i}", *[span(f"q{i}-{j}") for j in range(4)]))
+        response = nodes[i % 3].post(body, key=small)
+        statuses.append(response.status_code)
+        if response.status_code == 202:
+            accepted.update((i % 3, f"q{i}-{j}") for j in range(4))
+    assert statuses == [202, 202, 202, 429, 429, 429], statuses
 
     deadline = time.monotonic() + 30
     while (stored := _stored(nodes)) < len(accepted) and time.monotonic() < deadline:
