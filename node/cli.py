@@ -154,9 +154,9 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- control plane
 def _controlplane(args: argparse.Namespace) -> Any:
-    from pipeline.controlplane import ControlPlane
+    from pipeline.controlplane_pg import open_controlplane
 
-    return ControlPlane.open(config_of(args).controlplane_db)
+    return open_controlplane(config_of(args))
 
 
 def _optional_number(text: str, kind: Callable[[str], Any]) -> Any:

@@ -8,7 +8,7 @@ import trio
 
 from node.topology import run_front_worker, run_writer
 from pipeline.config import Config
-from pipeline.controlplane import ControlPlane
+from pipeline.controlplane_pg import open_controlplane
 from pipeline.errors import ConfigError
 from stages.otlp_decode import check_backend
 from stages.price import PriceTable
@@ -36,4 +36,4 @@ def preflight(config: Config) -> None:
         raise ConfigError(problem)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     PriceTable.load(config.prices_file or None)
-    ControlPlane.open(config.controlplane_db).close()
+    open_controlplane(config).close()

@@ -28,7 +28,7 @@ import trio
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.controlplane import ControlPlane
+from pipeline.controlplane_pg import open_controlplane
 from pipeline.drain import DrainState, stdin_closed, watch_for_drain
 from pipeline.flush_state import FlushHealth, FlushSignal
 from pipeline.jobs import Job, SpoolJob
@@ -42,8 +42,11 @@ from stages.flush import run_flush
 from stages.front import create_app, run_front
 from stages.price import PriceTable
 from stages.price_stage import run_price
+from stages.redis_admission import redis_batcher
+from stages.redis_quota import quota_gate
 from stages.route import Routes, dispatch
-from stages.schema import COLUMN_NAMES, TABLE, ddl
+from stages.schema import COLUMN_NAMES, TABLE
+from stages.schema_cluster import schema_ddl
 from stages.spool_stage import run_spool
 from stages.validate_stage import run_validate
 
@@ -52,7 +55,7 @@ log = get_logger("topology")
 
 # =========================================================================== front worker
 async def run_front_worker(config: Config, listen_fd: int) -> None:
-    controlplane = ControlPlane.open(config.controlplane_db)
+    controlplane = open_controlplane(config)
     table = PriceTable.load(config.prices_file or None)
     state = DrainState()
     link_send, link_receive = trio.open_memory_channel[Call](config.link_capacity)
@@ -94,7 +97,7 @@ async def run_writer(config: Config) -> None:
     from pipeline.store import AsyncStore, connect_once, sample_active_parts, store_opener
 
     embedded = config.store_url.startswith("chdb://")  # the store's threads are this process's
-    schema = ddl(config.clickhouse_database)
+    schema = schema_ddl(config)  # one table, or a cluster's (INGEST_CLICKHOUSE_CLUSTER)
     store = AsyncStore(functools.partial(store_opener, config, schema), schema,
                        thread_nice=config.store_nice if embedded else 0,
                        inserts=config.flush_parallel_inserts)  # fmt: skip
@@ -121,12 +124,16 @@ async def run_writer(config: Config) -> None:
         if embedded and (config.merge_nice or config.merge_sched_idle):
             background.start_soon(functools.partial(keep_threads_nice, MERGE_THREAD_PREFIXES, config.merge_nice,
                                                     idle=config.merge_sched_idle))  # fmt: skip
-        routes = Routes(config, spool, ledger, RateLimiter(), health, store, spool_send, background, clock)
+        batcher = redis_batcher(config)  # admissions in Redis (INGEST_REDIS_URL), or None: in process
+        if batcher is not None:
+            background.start_soon(batcher.run)
+        routes = Routes(config, spool, ledger, RateLimiter(), batcher, health, store, spool_send, background, clock)
         async with trio.open_nursery() as flushing:  # ends after the final flush, bounded at drain
             flushing.start_soon(run_flush, config, spool, insert, flushed_ledger, flush_signal, health)
             async with trio.open_nursery() as spooling:  # ends when its channel's input ends
                 await spooling.start(functools.partial(run_spool, config, spool, ledger, flush_signal,
-                                                       spool_receive, clock=clock))  # fmt: skip
+                                                       spool_receive, clock=clock,
+                                                       gate=quota_gate(config, ledger)))  # fmt: skip
                 async with spool_send, trio.open_nursery() as links:  # until the supervisor's order
                     route = functools.partial(dispatch, routes)
                     await links.start(functools.partial(serve_links, config.writer_socket, route,

@@ -41,6 +41,7 @@ class Config:
     # --- store
     clickhouse_url: str = ""  # empty: the embedded engine under data_dir/clickhouse
     clickhouse_database: str = "foglamp"
+    clickhouse_cluster: str = ""  # with an http(s) CLICKHOUSE_URL: spans_local ON CLUSTER + Distributed spans
 
     # --- request limits (SPEC §1, §2)
     max_body_bytes: int = 10 * MiB
@@ -48,6 +49,19 @@ class Config:
     max_io_bytes: int = 256 * 1024
     max_issues: int = 100
     rate_limit_rps: float = 1000.0
+
+    # --- several nodes (README "Running several nodes"): empty = the SQLite file in data_dir.
+    # PostgreSQL answers are cached this long (fixed, from the read): the bound on revocation;
+    # while PostgreSQL is unreachable, keys read within outage_s keep working, others get 503.
+    controlplane_url: str = ""
+    controlplane_cache_s: float = 0.5
+    controlplane_outage_s: float = 60.0
+    controlplane_retry_s: float = 0.5
+    # Rate limits in Redis, over all nodes; while Redis is unreachable each node allows
+    # 1/redis_fallback_nodes of a key's rate (set it to the number of nodes) and retries after redis_retry_s.
+    redis_url: str = ""
+    redis_fallback_nodes: int = 1
+    redis_retry_s: float = 1.0
 
     # --- pricing (SPEC §3)
     prices_file: str = ""
@@ -226,6 +240,7 @@ def _check(config: Config) -> None:
         "spool_high_water_bytes", "admit_max_wait_ms", "flush_parallel_inserts", "http_read_bytes",
         "keep_alive_timeout_s", "http_backlog", "spool_max_group", "link_reply_capacity",
         "request_timeout_ms", "min_request_bytes_per_s",
+        "redis_fallback_nodes", "redis_retry_s",
     ]  # fmt: skip
     for name in positive:
         if getattr(config, name) <= 0:
@@ -233,6 +248,15 @@ def _check(config: Config) -> None:
     for name in ("front_nice", "store_nice", "merge_nice"):
         if not 0 <= getattr(config, name) <= 19:
             raise ConfigError(f"{env_name(name)} must be in 0..19, got {getattr(config, name)!r}")
+    for name in ("controlplane_cache_s", "controlplane_outage_s", "controlplane_retry_s"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(config, name)!r}")
+    if config.controlplane_url and not config.controlplane_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"INGEST_CONTROLPLANE_URL must start with postgresql://, got {config.controlplane_url!r}"
+        )
+    if config.clickhouse_cluster and not config.clickhouse_url.startswith(("http://", "https://")):
+        raise ConfigError("INGEST_CLICKHOUSE_CLUSTER needs a server: set CLICKHOUSE_URL=http(s)://…")
     if config.drain_grace_s < 0:
         raise ConfigError(f"INGEST_DRAIN_GRACE_S must be >= 0, got {config.drain_grace_s!r}")
     if config.clickhouse_url and not config.clickhouse_url.startswith(

@@ -9,6 +9,7 @@ it crashes the process loudly, and the supervisor restarts it.
      ├── ConfigError          a setting or a file the operator gave is wrong; the node does not start
      ├── ControlPlaneError    an operator's command names an unknown org or key, or a bad value
      ├── RetryableError       infrastructure that may recover: retry with backoff (store down, timeout)
+     │    └── ControlPlaneUnavailable  PostgreSQL unreachable and the key not in the cache
      └── PermanentError       retrying cannot help (bad SQL, data the store refuses, a torn frame)
 
 Where each is raised and handled:
@@ -16,6 +17,7 @@ Where each is raised and handled:
     ConfigError        pipeline.config, stages.price_overrides   → run.py prints it, exits 2
     ControlPlaneError  pipeline.controlplane                     → run.py prints it, exits 2
     RetryableError     pipeline.store, pipeline.spool            → stages.flush retries; the spool stage answers 503
+    ControlPlaneUnavailable  pipeline.controlplane_pg            → the front answers 503 overloaded (Retry-After)
     PermanentError     pipeline.store, pipeline.frames           → stages.flush dead-letters; a link reconnects
 """
 
@@ -40,3 +42,8 @@ class RetryableError(FoglampError):
 
 class PermanentError(FoglampError):
     """A failure that retrying cannot fix."""
+
+
+class ControlPlaneUnavailable(RetryableError):
+    """The shared control plane (PostgreSQL) cannot be reached and the key is not in the cache: the
+    key may be valid, so the request is refused as overloaded (503), never as unauthorized."""

@@ -41,6 +41,8 @@ spool_commit_seconds = Histogram("foglamp_spool_commit_seconds", "Group commit (
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))  # fmt: skip
 store_active_parts = Gauge("foglamp_store_active_parts", "Active parts of the spans table (lagging merges show here)",
                            multiprocess_mode="livemax")
+redis_up = Gauge("foglamp_redis_up", "1 while admissions go to Redis (INGEST_REDIS_URL); 0: local fallback share",
+                 multiprocess_mode="livemax")  # only the writer sets it
 store_up = Gauge("foglamp_store_up", "1 when the last store operation succeeded", multiprocess_mode="livemax")
 
 

@@ -75,6 +75,9 @@ class ClickHouseStore:
             "insert_deduplication_token": dedup_token,
             # A batch spanning many months must not be refused: it was accepted already.
             "max_partitions_per_insert_block": 0,
+            # Into a Distributed table (INGEST_CLICKHOUSE_CLUSTER): answer once every shard has its
+            # part, each carrying the dedup token; no effect on a plain table.
+            "insert_distributed_sync": 1,
         }
         with translate_errors():
             # The client takes an iterable of bytes: each buffer is copied on its own, never joined.

@@ -113,12 +113,8 @@ def guard(config: Config, streaming: Mapping[str, Handler], routes: QuartTrio) -
             await send_answer(send, problem)  # the body is not read: the connection closes
             return
         handler = streaming.get(scope["path"])
-        if handler is not None:
-            if scope["method"] == "POST":
-                await handler(scope, receive, send)
-            else:  # the body is not read: the connection closes
-                status, answer, headers = method_not_allowed(["POST"])
-                await send_answer(send, (status, answer, {**headers, **CLOSE}))
+        if handler is not None and scope["method"] == "POST":
+            await handler(scope, receive, send)
             return
         body = None
         with trio.move_on_after(body_deadline_s(config, SMALL_BODY_BYTES)) as reading:
@@ -127,6 +123,8 @@ def guard(config: Config, streaming: Mapping[str, Handler], routes: QuartTrio) -
             await send_answer(send, (408, {"error": "request_timeout"}, CLOSE))
         elif body is None:
             await send_answer(send, (413, {"error": "payload_too_large", "limit": SMALL_BODY_BYTES}, CLOSE))
+        elif handler is not None:  # a streaming path takes POST only
+            await send_answer(send, method_not_allowed(["POST"]))
         elif (problem := route_error(routes, scope["method"], scope["path"])) is not None:
             await send_answer(send, problem)  # the body was read: the connection is kept
         else:

@@ -24,6 +24,7 @@ from pipeline import metrics
 from pipeline.config import Config
 from pipeline.controlplane import ApiKey, ControlPlane, parse_key_header
 from pipeline.drain import DrainState
+from pipeline.errors import ControlPlaneUnavailable
 from pipeline.jobs import Job, Rejected
 from pipeline.link import Call, call
 from pipeline.messages import Admit, AdmitReply, AppendReply
@@ -135,7 +136,10 @@ class IngestHandler:
             return 503, {"error": "draining"}, {"Connection": "close"}
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         raw_key = parse_key_header(headers.get("authorization"), headers.get("x-api-key"))
-        key = self.controlplane.authenticate(raw_key) if raw_key else None
+        try:
+            key = self.controlplane.authenticate(raw_key) if raw_key else None
+        except ControlPlaneUnavailable:  # the key may be valid: retry later, here or on another node
+            return 503, {"error": "overloaded"}, {"Retry-After": "1", "Connection": "close"}
         if key is None:  # the body is not read: close (see stages/http_guard.py)
             return 401, {"error": "unauthorized"}, {"WWW-Authenticate": "Bearer", "Connection": "close"}
         media, encoding = self.formats(headers)

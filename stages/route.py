@@ -29,6 +29,7 @@ from pipeline.link_server import Reply
 from pipeline.messages import Admit, AppendView, Query, QueryReply, Status, Usage, UsageReply, WriterInbound
 from pipeline.spool import Spool
 from stages.admission import QuotaLedger, RateLimiter, month_of
+from stages.redis_admission import Batcher, Request
 
 if TYPE_CHECKING:
     from pipeline.store import AsyncStore  # only the writer loads the store client
@@ -41,7 +42,8 @@ class Routes:
     config: Config
     spool: Spool
     ledger: QuotaLedger  # the live one, charged by the spool stage
-    limiter: RateLimiter
+    limiter: RateLimiter  # one node's exact limits
+    batcher: Batcher | None  # or the cluster's, in Redis (INGEST_REDIS_URL)
     health: FlushHealth
     store: AsyncStore
     spool_send: trio.MemorySendChannel[SpoolJob]
@@ -54,6 +56,9 @@ def backed_up(routes: Routes) -> bool:
 
 
 def admit(routes: Routes, message: Admit, reply: Reply) -> None:
+    if routes.batcher is not None:  # answered with the next pipelined call to Redis
+        routes.batcher.submit(Request(message.key_id, message.rate_limit_rps, message.req_id), reply)
+        return
     reply(routes.limiter.admit(message.key_id, message.rate_limit_rps, time.monotonic(), message.req_id))
 
 

@@ -28,6 +28,7 @@ from pipeline.log import get_logger
 from pipeline.messages import AppendReply, AppendStatus, spool_payload
 from pipeline.spool import Spool
 from stages.admission import QuotaLedger, month_of
+from stages.redis_quota import QuotaGate
 
 log = get_logger("spool_stage")
 SLOW_COMMIT_MS = 100.0
@@ -66,6 +67,7 @@ async def run_spool(
     receive: trio.MemoryReceiveChannel[SpoolJob],
     *,
     clock: Callable[[], float] = time.time,
+    gate: QuotaGate | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with receive:
@@ -78,7 +80,7 @@ async def run_spool(
                         jobs.append(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                await _commit_group(config, spool, ledger, flush, jobs, month_of(clock()))
+                await _commit_group(config, spool, ledger, flush, jobs, month_of(clock()), gate)
         finally:
             flush.end()
 
@@ -90,6 +92,7 @@ async def _commit_group(
     flush: FlushSignal,
     jobs: list[SpoolJob],
     month: int,
+    gate: QuotaGate | None = None,
 ) -> None:
     if low_disk(config):  # keep the reserve: nothing new is taken, what was taken is flushed
         for job in jobs:
@@ -97,6 +100,8 @@ async def _commit_group(
         return
     free = config.spool_max_bytes - spool.pending_bytes()
     admitted, refused = decide(jobs, ledger, month, free)
+    if gate is not None:  # the org's quota over all nodes (stages/redis_quota.py)
+        admitted, refused = await _cluster_quota(gate, admitted, refused, month)
     for job, status in refused:
         _answer(job, status, retry_after_s=1 if status == "overloaded" else 0)
     if not admitted:
@@ -107,6 +112,9 @@ async def _commit_group(
         await trio.to_thread.run_sync(spool.append, payloads)
     except (OSError, RetryableError) as exc:  # disk full, I/O error: nothing acknowledged, client retries
         log.error("spool_append_failed", error=str(exc), batches=len(admitted))
+        if gate is not None:
+            charged = [(j.append.org_id, j.append.spans) for j in admitted if j.append.monthly_span_quota is not None]
+            await trio.to_thread.run_sync(gate.release, charged, month)
         for job in admitted:
             _answer(job, "overloaded", retry_after_s=5)
         return
@@ -133,6 +141,19 @@ def low_disk(config: Config) -> bool:
             log.info("disk_space_recovered")
     _low_disk_logged[0] = reason
     return reason is not None
+async def _cluster_quota(
+    gate: QuotaGate, admitted: list[SpoolJob], refused: list[tuple[SpoolJob, AppendStatus]], month: int
+) -> tuple[list[SpoolJob], list[tuple[SpoolJob, AppendStatus]]]:
+    limited = [j for j in admitted if j.append.monthly_span_quota is not None]
+    if not limited:
+        return admitted, refused
+    batches = [(j.append.org_id, j.append.spans, j.append.monthly_span_quota or 0) for j in limited]
+    verdicts = await trio.to_thread.run_sync(gate.check, batches, month)
+    over = {id(j) for j, ok in zip(limited, verdicts, strict=True) if not ok}
+    for job in admitted:
+        if id(job) in over:
+            _answer(job, "quota_exceeded")
+    return [j for j in admitted if id(j) not in over], refused
 
 
 def _answer(job: SpoolJob, status: AppendStatus, retry_after_s: int = 0) -> None:

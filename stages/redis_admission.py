@@ -1,0 +1,161 @@
+"""Rate limits shared by several nodes: one token bucket per key in Redis (INGEST_REDIS_URL).
+
+Exactness: each admission is one Lua script, run atomically by Redis on Redis's own clock
+(`TIME`), so the nodes' buckets are one bucket: rate R, burst max(R, 1), at most R·T + max(R, 1)
+admissions of a key in any T seconds over all nodes. A refused admission writes nothing.
+
+Round trips: the writer queues its fronts' admissions and sends them in one pipelined call per
+batch (`admit_batch`), from a worker thread; a batch takes what queued while the previous one was
+in flight, so under load many admissions share one round trip.
+
+Redis down: `RedisAdmitter` answers from a local `RateLimiter` at R / `fallback_nodes` (each node
+one share of the rate, so N nodes together stay within R), logs the switch, and exposes it as
+`redis_up` (metrics and /readyz). It tries Redis again after `retry_s`; the buckets in Redis then
+take over as they are (or full, if Redis lost them: at most one extra burst per key).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import redis
+import trio
+
+from pipeline import metrics
+from pipeline.config import Config
+from pipeline.log import get_logger
+from pipeline.messages import AdmitReply
+from stages.admission import RateLimiter
+
+TOKEN_BUCKET_LUA = """
+local rate = tonumber(ARGV[1])
+local cap = math.max(rate, 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or cap
+local ts = tonumber(b[2]) or now
+tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+if tokens < 1 then
+  return {0, tostring(tokens)}
+end
+tokens = tokens - 1
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((cap / rate) * 1000) + 1000)
+return {1, tostring(tokens)}
+"""
+KEY_PREFIX = "foglamp:rl:"
+log = get_logger("redis_admission")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    key_id: str
+    rate: float
+    req_id: int
+
+
+def reply_of(request: Request, allowed: bool, tokens: float) -> AdmitReply:
+    rate = request.rate
+    capacity = max(rate, 1.0)
+    return AdmitReply(
+        req_id=request.req_id,
+        allowed=allowed,
+        limit=rate,
+        remaining=int(tokens),
+        reset_s=(capacity - tokens) / rate,
+        retry_after_s=0 if allowed else max(1, math.ceil((1.0 - tokens) / rate)),
+    )
+
+
+@dataclass
+class RedisAdmitter:
+    """Blocking: call `admit_batch` from a worker thread, one batch at a time."""
+
+    url: str
+    fallback_nodes: int
+    retry_s: float = 1.0
+    timeout_s: float = 0.5
+    fallback: RateLimiter = field(default_factory=RateLimiter)
+    redis_up: bool = True
+    _client: redis.Redis | None = None
+    _sha: str = ""
+    _down_until: float = 0.0
+
+    def admit_batch(self, requests: Sequence[Request]) -> list[AdmitReply]:
+        now = time.monotonic()
+        if now >= self._down_until:
+            try:
+                return self._in_redis(requests)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._client = None
+                self._down_until = now + self.retry_s
+                if self.redis_up:
+                    log.warning("redis_down", error=str(exc), fallback_share=f"1/{self.fallback_nodes}")
+                self.redis_up = False
+        share = self.fallback_nodes
+        return [
+            self.fallback.admit(r.key_id, r.rate / share, now, r.req_id)
+            for r in requests
+        ]  # fmt: skip
+
+    def _in_redis(self, requests: Sequence[Request]) -> list[AdmitReply]:
+        if self._client is None:
+            self._client = redis.Redis.from_url(
+                self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
+            )
+            self._sha = self._client.script_load(TOKEN_BUCKET_LUA)
+        pipe = self._client.pipeline(transaction=False)
+        for r in requests:
+            pipe.evalsha(self._sha, 1, KEY_PREFIX + r.key_id, repr(float(r.rate)))
+        try:
+            results = pipe.execute()
+        except redis.exceptions.NoScriptError:  # Redis restarted and lost its script cache
+            self._sha = self._client.script_load(TOKEN_BUCKET_LUA)
+            return self._in_redis(requests)
+        if not self.redis_up:
+            log.info("redis_up")
+        self.redis_up = True
+        pairs = zip(requests, results, strict=True)
+        return [reply_of(r, bool(allowed), float(tokens)) for r, (allowed, tokens) in pairs]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+class Batcher:
+    """The writer's admissions, queued by `submit` (sync, from the link's dispatch) and answered by
+    `run` one pipelined Redis call per batch. The queue is bounded by the fronts' in-flight caps."""
+
+    def __init__(self, admitter: RedisAdmitter, max_batch: int = 512) -> None:
+        self.admitter = admitter
+        self.max_batch = max_batch
+        self._queue: list[tuple[Request, Callable[[AdmitReply], None]]] = []
+        self._wake = trio.Event()
+
+    def submit(self, request: Request, reply: Callable[[AdmitReply], None]) -> None:
+        self._queue.append((request, reply))
+        self._wake.set()
+
+    async def run(self) -> None:
+        metrics.redis_up.set(1)  # until a call fails
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._queue:
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                replies = await trio.to_thread.run_sync(self.admitter.admit_batch, [r for r, _ in batch])
+                metrics.redis_up.set(1 if self.admitter.redis_up else 0)
+                for (_, reply), answer in zip(batch, replies, strict=True):
+                    reply(answer)
+
+
+def redis_batcher(config: Config) -> Batcher | None:
+    if not config.redis_url:
+        return None
+    admitter = RedisAdmitter(config.redis_url, config.redis_fallback_nodes, retry_s=config.redis_retry_s)
+    return Batcher(admitter)
