@@ -15,6 +15,7 @@ from stages.otlp_decode import Attributes
 Events = list[tuple[str, Attributes]]
 _json = msgspec.json.Encoder()
 _json_decode = msgspec.json.decode
+_json_check = msgspec.json.Decoder(msgspec.Raw).decode  # validates without building the value
 _DETAILS_EVENT = "gen_ai.client.inference.operation.details"
 _LEGACY_EVENTS = {"gen_ai.system.message": "system", "gen_ai.user.message": "user",
                   "gen_ai.assistant.message": "assistant", "gen_ai.tool.message": "tool"}  # fmt: skip
@@ -170,7 +171,7 @@ def _parsed(value: Any) -> Any:
         if text[:1] in ("{", "[", '"'):
             raw = value.encode()
             try:
-                _json_decode(raw)
+                _json_check(raw)
             except (msgspec.DecodeError, RecursionError):
                 return value
             return JsonText(raw)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EARLIEST_NS = -2208988800 * 10**9  # 1900-01-01, as stages.validate.EARLIEST
 _LATEST_NS = 10413791999 * 10**9  # 2299-12-31T23:59:59
 _MAX_TOKENS = 2**53 - 1
-_HEX = re.compile(r"[0-9a-f]*")
+_HEX_DIGITS = "0123456789abcdef"
 _STATUS: dict[int, SpanStatus] = {0: "unset", 1: "ok", 2: "error"}
 _json = msgspec.json.Encoder()
 
@@ -315,26 +314,27 @@ def usage_of(attrs: Attributes, resource: Attributes) -> Usage | None:
 
 
 def _usage(fields: dict[str, Any]) -> Usage | None:
-    found = [fields.get(name) for name in _TOKEN_FIELDS]
-    if all(value is None for value in found):
+    get = fields.get
+    found_input, found_output = get("input_tokens"), get("output_tokens")
+    cache_read, cache_write = get("cache_read_tokens"), get("cache_write_tokens")
+    reasoning, total = get("reasoning_tokens"), get("total_tokens")
+    if found_input is None and found_output is None and cache_read is None and cache_write is None \
+            and reasoning is None and total is None:  # fmt: skip
         return None
-    input_tokens, output_tokens, cache_read, cache_write, reasoning, total = (v or 0 for v in found)
+    input_tokens, output_tokens = found_input or 0, found_output or 0
+    cache_read, cache_write, reasoning = cache_read or 0, cache_write or 0, reasoning or 0
     if cache_read + cache_write > input_tokens:  # input reported without cache
         input_tokens += cache_read + cache_write
     if reasoning > output_tokens:  # output reported without reasoning
         output_tokens += reasoning
     if total:
-        if found[0] is None and found[1] is not None:
+        if found_input is None and found_output is not None:
             input_tokens = max(input_tokens, total - output_tokens)
-        elif found[1] is None and found[0] is not None:
+        elif found_output is None and found_input is not None:
             output_tokens = max(output_tokens, total - input_tokens)
-
-    def clamp(n: int) -> int:
-        return min(n, _MAX_TOKENS)
-
-    return Usage(input_tokens=clamp(input_tokens), output_tokens=clamp(output_tokens),
-                 cache_read_tokens=clamp(cache_read), cache_write_tokens=clamp(cache_write),
-                 reasoning_tokens=clamp(reasoning))  # fmt: skip
+    return Usage(input_tokens=min(input_tokens, _MAX_TOKENS), output_tokens=min(output_tokens, _MAX_TOKENS),
+                 cache_read_tokens=min(cache_read, _MAX_TOKENS), cache_write_tokens=min(cache_write, _MAX_TOKENS),
+                 reasoning_tokens=min(reasoning, _MAX_TOKENS))  # fmt: skip
 
 
 def _provider(value: Any) -> str | None:
@@ -403,7 +403,7 @@ def _is_root(parent: str) -> bool:
 
 
 def _valid_id(value: str, length: int) -> bool:
-    return len(value) == length and _HEX.fullmatch(value) is not None and value.strip("0") != ""
+    return len(value) == length and value.strip("0") != "" and not value.strip(_HEX_DIGITS)
 
 
 def _exception_message(events: list[tuple[str, Attributes]]) -> str:
