@@ -20,7 +20,7 @@ import msgspec
 from google.protobuf.message import DecodeError
 
 from stages.decompress import Undecodable
-from stages.otlp_raw import PAIRS, RawRequest, key_value
+from stages.otlp_raw import RawRequest, attributes
 
 Attributes = dict[str, Any]  # values: str, bool, int, float, bytes, list, dict (kvlist)
 
@@ -65,7 +65,7 @@ def _pb_spans(request: Any) -> list[OtlpSpan]:
     """The spans of a `stages.otlp_raw.RawRequest` (attribute lists as encoded `KeyValue`s)."""
     spans: list[OtlpSpan] = []
     for ri, resource_spans in enumerate(request.resource_spans):
-        resource = _pb_attributes(resource_spans.resource.attributes)
+        resource = attributes(resource_spans.resource.attributes)
         for si, scope_spans in enumerate(resource_spans.scope_spans):
             scope = scope_spans.scope
             scope_name, scope_version = scope.name, scope.version
@@ -77,20 +77,11 @@ def _pb_spans(request: Any) -> list[OtlpSpan]:
                     f"{path}{pi}]",
                     span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(), span.name,
                     span.start_time_unix_nano, span.end_time_unix_nano,
-                    _pb_attributes(span.attributes), span.dropped_attributes_count,
-                    [(event.name, _pb_attributes(event.attributes)) for event in events] if events else [],
+                    attributes(span.attributes), span.dropped_attributes_count,
+                    [(event.name, attributes(event.attributes)) for event in events] if events else [],
                     status.code, status.message, resource, scope_name, scope_version,
                 ))  # fmt: skip
     return spans
-
-
-def _pb_attributes(pairs: Any) -> Attributes:
-    out: Attributes = {}
-    remembered = PAIRS.get
-    for raw in pairs:
-        key, value = remembered(raw) or key_value(raw)
-        out[key] = value
-    return out
 
 
 # --------------------------------------------------------------------------- OTLP JSON

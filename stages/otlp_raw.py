@@ -15,6 +15,7 @@ anything else (lists, maps, other field orders, malformed bytes) to upb's own `K
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -66,26 +67,40 @@ RawRequest: Any = _build()
 
 _STRING, _BOOL, _INT, _DOUBLE, _BYTES = 0x0A, 0x10, 0x18, 0x21, 0x3A  # AnyValue field tags
 _DOUBLE_AT = struct.Struct("<d").unpack_from
-PAIRS: dict[bytes, tuple[str, Any]] = {}  # short encoded pairs already read
 _PAIRS_MAX = 16384  # remembered pairs (then forgotten all at once)
 _PAIR_REMEMBERED = 256  # longest encoding remembered: longer values (messages, text) rarely recur
+
+
+class _Pairs(dict[bytes, tuple[str, Any]]):
+    """Encoded `KeyValue` -> (key, value): short scalar pairs are remembered, the rest read each
+    time. A dict, so that a list of pairs becomes a dict in one C call (`attributes`)."""
+
+    def __missing__(self, raw: bytes) -> tuple[str, Any]:
+        found = _simple(raw)
+        if found is None:
+            kv = KeyValue.FromString(raw)
+            return kv.key, _value(kv.value)
+        if len(raw) <= _PAIR_REMEMBERED:
+            if len(self) >= _PAIRS_MAX:
+                self.clear()
+            self[raw] = found
+        return found
+
+
+PAIRS = _Pairs()
+_pair = PAIRS.__getitem__
 
 
 def key_value(raw: bytes) -> tuple[str, Any]:
     """(key, value) of one encoded `KeyValue`, values as `otlp_decode` gives them. Raises
     UnicodeDecodeError or google.protobuf DecodeError for bytes upb would not have parsed."""
-    found = PAIRS.get(raw)
-    if found is not None:
-        return found
-    found = _simple(raw)
-    if found is None:
-        kv = KeyValue.FromString(raw)
-        found = (kv.key, _value(kv.value))
-    elif len(raw) <= _PAIR_REMEMBERED:
-        if len(PAIRS) >= _PAIRS_MAX:
-            PAIRS.clear()
-        PAIRS[raw] = found
-    return found
+    return _pair(raw)
+
+
+def attributes(pairs: Iterable[bytes]) -> dict[str, Any]:
+    """A list of encoded `KeyValue`s as a dict, in order (a repeated key: the last value, where
+    the key came first)."""
+    return dict(map(_pair, pairs))
 
 
 def _simple(raw: bytes) -> tuple[str, Any] | None:
