@@ -28,6 +28,7 @@ _EARLIEST_NS = -2208988800 * 10**9  # 1900-01-01, as stages.validate.EARLIEST
 _LATEST_NS = 10413791999 * 10**9  # 2299-12-31T23:59:59
 _MAX_TOKENS = 2**53 - 1
 _HEX_DIGITS = "0123456789abcdef"
+_ZEROS = {32: "0" * 32, 16: "0" * 16}  # all-zero ids, by length
 _STATUS: dict[int, SpanStatus] = {0: "unset", 1: "ok", 2: "error"}
 _json = msgspec.json.Encoder()
 
@@ -403,7 +404,7 @@ def _is_root(parent: str) -> bool:
 
 
 def _valid_id(value: str, length: int) -> bool:
-    return len(value) == length and value.strip("0") != "" and not value.strip(_HEX_DIGITS)
+    return len(value) == length and value != _ZEROS[length] and not value.strip(_HEX_DIGITS)
 
 
 def _exception_message(events: list[tuple[str, Attributes]]) -> str:
