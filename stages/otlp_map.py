@@ -220,6 +220,7 @@ _SKIP, _OTHER, _META = -1, -2, -3  # mapped or input/output; kept in `attributes
 _META_PREFIX = "foglamp.trace.metadata."
 _KEY_CLASSES: dict[str, Any] = {}
 _KEY_CLASSES_MAX = 8192  # distinct keys remembered: a bound on what clients can make it hold
+_KEY_REMEMBERED = 256  # longest key remembered
 
 
 def _key_class(key: str) -> Any:
@@ -234,7 +235,7 @@ def _key_class(key: str) -> Any:
         found = _META
     else:
         found = _OTHER
-    if len(_KEY_CLASSES) < _KEY_CLASSES_MAX:
+    if len(_KEY_CLASSES) < _KEY_CLASSES_MAX and len(key) <= _KEY_REMEMBERED:
         _KEY_CLASSES[key] = found
     return found
 
