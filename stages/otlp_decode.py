@@ -1,7 +1,8 @@
 """OTLP/HTTP trace bodies (OTLP.md §1) decoded into one plain intermediate form, `OtlpSpan`.
 
 Two decoders, one output: `decode_protobuf` parses `ExportTraceServiceRequest` with
-opentelemetry-proto on protobuf's upb backend and reads the message fields directly (no
+opentelemetry-proto's descriptors on protobuf's upb backend (attribute lists as bytes, read by
+`stages.otlp_raw.key_value`) and reads the message fields directly (no
 `MessageToDict`, no `json_format`: those cost ~150 µs a span and expect base64 ids);
 `decode_json` reads OTLP JSON with typed msgspec Structs (hex ids, 64-bit integers as strings or
 numbers, enums as integers, "NaN" doubles, unknown fields ignored). Plain functions, no I/O.
@@ -17,9 +18,9 @@ from typing import Any
 
 import msgspec
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from stages.decompress import Undecodable
+from stages.otlp_raw import RawRequest, attributes
 
 Attributes = dict[str, Any]  # values: str, bool, int, float, bytes, list, dict (kvlist)
 
@@ -49,10 +50,10 @@ class OtlpSpan:
 # --------------------------------------------------------------------------- protobuf
 def decode_protobuf(body: bytes | bytearray) -> list[OtlpSpan] | Undecodable:
     try:
-        request = ExportTraceServiceRequest.FromString(bytes(body))
-    except (DecodeError, RuntimeError, ValueError) as exc:
+        request = RawRequest.FromString(bytes(body))
+        spans = _pb_spans(request)
+    except (DecodeError, RuntimeError, ValueError) as exc:  # UnicodeDecodeError: an attribute's text
         return Undecodable(f"body is not a valid ExportTraceServiceRequest protobuf: {exc}")
-    spans = _pb_spans(request)
     if spans and all(not span.trace_id and not span.span_id for span in spans):
         # What a logs or metrics request parses to: its records where spans would be, no ids.
         return Undecodable("body has no span with ids: it is not an OTLP traces request (a logs or "
@@ -60,46 +61,27 @@ def decode_protobuf(body: bytes | bytearray) -> list[OtlpSpan] | Undecodable:
     return spans
 
 
-def _pb_spans(request: ExportTraceServiceRequest) -> list[OtlpSpan]:
+def _pb_spans(request: Any) -> list[OtlpSpan]:
+    """The spans of a `stages.otlp_raw.RawRequest` (attribute lists as encoded `KeyValue`s)."""
     spans: list[OtlpSpan] = []
     for ri, resource_spans in enumerate(request.resource_spans):
-        resource = _pb_attributes(resource_spans.resource.attributes)
+        resource = attributes(resource_spans.resource.attributes)
         for si, scope_spans in enumerate(resource_spans.scope_spans):
             scope = scope_spans.scope
+            scope_name, scope_version = scope.name, scope.version
+            path = f"resourceSpans[{ri}].scopeSpans[{si}].spans["
             for pi, span in enumerate(scope_spans.spans):
                 status = span.status
+                events = span.events
                 spans.append(OtlpSpan(
-                    f"resourceSpans[{ri}].scopeSpans[{si}].spans[{pi}]",
+                    f"{path}{pi}]",
                     span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(), span.name,
                     span.start_time_unix_nano, span.end_time_unix_nano,
-                    _pb_attributes(span.attributes), span.dropped_attributes_count,
-                    [(event.name, _pb_attributes(event.attributes)) for event in span.events],
-                    status.code, status.message, resource, scope.name, scope.version,
+                    attributes(span.attributes), span.dropped_attributes_count,
+                    [(event.name, attributes(event.attributes)) for event in events] if events else [],
+                    status.code, status.message, resource, scope_name, scope_version,
                 ))  # fmt: skip
     return spans
-
-
-def _pb_attributes(pairs: Any) -> Attributes:
-    return {kv.key: _pb_value(kv.value) for kv in pairs}
-
-
-def _pb_value(value: Any) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "double_value":
-        return value.double_value
-    if kind == "array_value":
-        return [_pb_value(item) for item in value.array_value.values]
-    if kind == "kvlist_value":
-        return _pb_attributes(value.kvlist_value.values)
-    if kind == "bytes_value":
-        return value.bytes_value
-    return None
 
 
 # --------------------------------------------------------------------------- OTLP JSON

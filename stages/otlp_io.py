@@ -5,6 +5,7 @@ the first family present wins, the value is stored as JSON text. Plain functions
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ from stages.otlp_decode import Attributes
 Events = list[tuple[str, Attributes]]
 _json = msgspec.json.Encoder()
 _json_decode = msgspec.json.decode
+_json_check = msgspec.json.Decoder(msgspec.Raw).decode  # validates without building the value
 _DETAILS_EVENT = "gen_ai.client.inference.operation.details"
 _LEGACY_EVENTS = {"gen_ai.system.message": "system", "gen_ai.user.message": "user",
                   "gen_ai.assistant.message": "assistant", "gen_ai.tool.message": "tool"}  # fmt: skip
@@ -33,18 +35,19 @@ def is_io_key(key: str) -> bool:
     return key in IO_KEYS or key.startswith(IO_PREFIXES)
 
 
-def extract_input(attrs: Attributes, events: Events) -> bytes | None:
+def extract_input(attrs: Attributes, events: Events, prefixes: Collection[str] | None = None) -> bytes | None:
+    """`prefixes`, when known, are the `IO_PREFIXES` the attributes have (the others are not looked for)."""
     value = _messages(attrs, "gen_ai.input.messages", with_system=True)
     if value is None:
         details = _event(events, _DETAILS_EVENT)
         if details is not None:
             value = _messages(details, "gen_ai.input.messages", with_system=True)
     if value is None:
-        value = _unflatten(attrs, "llm.input_messages.")
+        value = _unflatten(attrs, "llm.input_messages.", prefixes)
     if value is None:
         value = _typed_value(attrs, "input.value", "input.mime_type")
     if value is None:
-        value = _unflatten(attrs, "gen_ai.prompt.")
+        value = _unflatten(attrs, "gen_ai.prompt.", prefixes)
     if value is None:
         value = _legacy_messages(events)
     if value is None:
@@ -53,18 +56,18 @@ def extract_input(attrs: Attributes, events: Events) -> bytes | None:
     return _text(value)
 
 
-def extract_output(attrs: Attributes, events: Events) -> bytes | None:
+def extract_output(attrs: Attributes, events: Events, prefixes: Collection[str] | None = None) -> bytes | None:
     value = _messages(attrs, "gen_ai.output.messages")
     if value is None:
         details = _event(events, _DETAILS_EVENT)
         if details is not None:
             value = _messages(details, "gen_ai.output.messages")
     if value is None:
-        value = _unflatten(attrs, "llm.output_messages.")
+        value = _unflatten(attrs, "llm.output_messages.", prefixes)
     if value is None:
         value = _typed_value(attrs, "output.value", "output.mime_type")
     if value is None:
-        value = _unflatten(attrs, "gen_ai.completion.")
+        value = _unflatten(attrs, "gen_ai.completion.", prefixes)
     if value is None:
         choices = [_parsed_map(a) for name, a in events if name == "gen_ai.choice"]
         value = choices or None
@@ -113,8 +116,10 @@ def _typed_value(attrs: Attributes, key: str, mime_key: str) -> Any:
     return value
 
 
-def _unflatten(attrs: Attributes, prefix: str) -> list[Any] | None:
+def _unflatten(attrs: Attributes, prefix: str, prefixes: Collection[str] | None = None) -> list[Any] | None:
     """`llm.input_messages.0.message.role = "user"` … -> `[{"role": "user", …}]`."""
+    if prefixes is not None and prefix not in prefixes:
+        return None
     tree: dict[str, Any] = {}
     for key, value in attrs.items():
         if not key.startswith(prefix):
@@ -166,7 +171,7 @@ def _parsed(value: Any) -> Any:
         if text[:1] in ("{", "[", '"'):
             raw = value.encode()
             try:
-                _json_decode(raw)
+                _json_check(raw)
             except (msgspec.DecodeError, RecursionError):
                 return value
             return JsonText(raw)

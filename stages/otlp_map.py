@@ -12,14 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from stages.otlp_decode import Attributes, OtlpSpan
-from stages.otlp_io import extract_input, extract_output, is_io_key
+from stages.otlp_io import IO_KEYS, IO_PREFIXES, extract_input, extract_output
 from stages.payload import Cost, Span, SpanKind, SpanStatus, Trace, Usage
 
 KINDS = frozenset({"llm", "embedding", "tool", "retrieval", "agent", "chain", "custom"})
@@ -28,7 +27,8 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EARLIEST_NS = -2208988800 * 10**9  # 1900-01-01, as stages.validate.EARLIEST
 _LATEST_NS = 10413791999 * 10**9  # 2299-12-31T23:59:59
 _MAX_TOKENS = 2**53 - 1
-_HEX = re.compile(r"[0-9a-f]*")
+_HEX_DIGITS = "0123456789abcdef"
+_ZEROS = {32: "0" * 32, 16: "0" * 16}  # all-zero ids, by length
 _STATUS: dict[int, SpanStatus] = {0: "unset", 1: "ok", 2: "error"}
 _json = msgspec.json.Encoder()
 
@@ -139,8 +139,9 @@ def map_span(span: OtlpSpan, root_name: str = "", cache: dict[int, Any] | None =
     if reason is not None:
         return Problem(span.path, reason)
     attrs, resource = span.attributes, span.resource
-    from_resource, resource_attributes = _resource_view(resource, cache)
-    fields = {**from_resource, **collect(attrs)} if from_resource else collect(attrs)
+    view = _resource_view(resource, cache)
+    scan = _scan(attrs)
+    fields = {**view.fields, **scan.fields} if view.fields else scan.fields
     model = _cut(fields.get("model"), "model")
     usage = _usage(fields)
     kind = kind_of(attrs, model, usage)
@@ -160,10 +161,10 @@ def map_span(span: OtlpSpan, root_name: str = "", cache: dict[int, Any] | None =
         provider=_cut(fields.get("provider"), "provider"),
         usage=usage,
         cost=Cost(total=cost) if cost is not None else None,
-        attributes=attributes_of(span, resource_attributes),
+        attributes=_attributes(span, scan.others, view.attributes),
     )
-    out.input = extract_input(attrs, span.events)  # type: ignore[assignment]  # JSON text, as decode_batch leaves it
-    out.output = extract_output(attrs, span.events)  # type: ignore[assignment]
+    out.input = extract_input(attrs, span.events, scan.io_prefixes)  # type: ignore[assignment]  # JSON text, as decode_batch leaves it
+    out.output = extract_output(attrs, span.events, scan.io_prefixes)  # type: ignore[assignment]
     name = fields.get("trace_name") or (span.name if parent is None else root_name)
     return Trace(
         id=span.trace_id,
@@ -173,42 +174,105 @@ def map_span(span: OtlpSpan, root_name: str = "", cache: dict[int, Any] | None =
         environment=_cut(fields.get("environment"), "environment") or "default",
         release=_cut(fields.get("release") or _str(resource.get("service.version")), "release"),
         tags=fields.get("tags"),
-        metadata=metadata_of(attrs, resource),
+        metadata=_metadata(attrs.get("metadata"), view.metadata, scan.metadata),
         spans=[out],
     )
 
 
-def _resource_view(resource: Attributes, cache: dict[int, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(column values from the resource's attributes, its attributes under `resource.`)."""
+@dataclass(slots=True)
+class _Scan:
+    """What one pass over an attribute set finds (`_scan`)."""
+
+    fields: dict[str, Any]  # column values, each from its highest-precedence usable key
+    others: dict[str, Any]  # the attributes not mapped to a column, as scalars, in order
+    metadata: list[tuple[str, Any]]  # `foglamp.trace.metadata.*` (prefix removed), in order
+    io_prefixes: set[str]  # the flattened input/output families present (otlp_io.IO_PREFIXES)
+
+
+@dataclass(slots=True)
+class _ResourceView:
+    fields: dict[str, Any]  # column values from the resource's attributes
+    attributes: dict[str, Any]  # its attributes under `resource.`
+    metadata: list[tuple[str, Any]]
+
+
+_NO_RESOURCE = _ResourceView({}, {}, [])
+
+
+def _resource_view(resource: Attributes, cache: dict[int, Any] | None) -> _ResourceView:
+    """What a resource contributes to each of its spans, computed once per request."""
     if not resource:
-        return {}, {}
+        return _NO_RESOURCE
     if cache is not None:
         hit = cache.get(id(resource))
         if hit is not None and hit[0] is resource:
-            return hit[1], hit[2]
-    view = collect(resource), {"resource." + key: _scalar(value) for key, value in resource.items()}
+            return hit[1]
+    scan = _scan(resource)
+    view = _ResourceView(scan.fields, {"resource." + key: _scalar(value) for key, value in resource.items()},
+                         scan.metadata)  # fmt: skip
     if cache is not None:
-        cache[id(resource)] = (resource, *view)
+        cache[id(resource)] = (resource, view)
     return view
 
 
-def collect(attrs: Attributes) -> dict[str, Any]:
-    """Column values from one attribute set, each from its highest-precedence key whose value is
-    usable: one pass over the attributes (the hot path), not one lookup per candidate key."""
-    found: dict[str, Any] = {}
-    ranks: dict[str, int] = {}
-    for key, value in attrs.items():
-        slot = _INDEX.get(key)
-        if slot is None:
-            continue
-        field, rank, convert = slot
-        if ranks.get(field, 99) <= rank:
-            continue
-        converted = convert(value)
-        if converted is not None:
-            found[field] = converted
-            ranks[field] = rank
+# Key classes of `_scan` (a column's key is classed by its `_INDEX` slot instead).
+_SKIP, _OTHER, _META = -1, -2, -3  # mapped or input/output; kept in `attributes`; metadata
+_META_PREFIX = "foglamp.trace.metadata."
+_KEY_CLASSES: dict[str, Any] = {}
+_KEY_CLASSES_MAX = 8192  # distinct keys remembered: a bound on what clients can make it hold
+_KEY_REMEMBERED = 256  # longest key remembered
+
+
+def _key_class(key: str) -> Any:
+    slot = _INDEX.get(key)
+    if slot is not None:
+        found: Any = slot
+    elif key in _MAPPED or key in IO_KEYS:
+        found = _SKIP
+    elif key.startswith(IO_PREFIXES):
+        found = next(i for i, prefix in enumerate(IO_PREFIXES) if key.startswith(prefix))
+    elif key.startswith(_META_PREFIX):
+        found = _META
+    else:
+        found = _OTHER
+    if len(_KEY_CLASSES) < _KEY_CLASSES_MAX and len(key) <= _KEY_REMEMBERED:
+        _KEY_CLASSES[key] = found
     return found
+
+
+def _scan(attrs: Attributes) -> _Scan:
+    """One pass over an attribute set: its column values, its other attributes, its metadata and
+    which input/output families it has. Keys are classed once (a table), not per span."""
+    fields: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    others: dict[str, Any] = {}
+    metadata: list[tuple[str, Any]] = []
+    io_prefixes: set[str] = set()
+    classes = _KEY_CLASSES
+    for key, value in attrs.items():
+        found = classes.get(key)
+        if found is None:
+            found = _key_class(key)
+        if found == _OTHER:
+            others[key] = _scalar(value)
+        elif type(found) is tuple:
+            field, rank, convert = found
+            if ranks.get(field, 99) <= rank:
+                continue
+            converted = convert(value)
+            if converted is not None:
+                fields[field] = converted
+                ranks[field] = rank
+        elif found == _META:
+            metadata.append((key[len(_META_PREFIX) :], _scalar(value)))
+        elif found >= 0:
+            io_prefixes.add(IO_PREFIXES[found])
+    return _Scan(fields, others, metadata, io_prefixes)
+
+
+def collect(attrs: Attributes) -> dict[str, Any]:
+    """Column values from one attribute set, each from its highest-precedence key whose value is usable."""
+    return _scan(attrs).fields
 
 
 # --------------------------------------------------------------------------- columns
@@ -252,26 +316,27 @@ def usage_of(attrs: Attributes, resource: Attributes) -> Usage | None:
 
 
 def _usage(fields: dict[str, Any]) -> Usage | None:
-    found = [fields.get(name) for name in _TOKEN_FIELDS]
-    if all(value is None for value in found):
+    get = fields.get
+    found_input, found_output = get("input_tokens"), get("output_tokens")
+    cache_read, cache_write = get("cache_read_tokens"), get("cache_write_tokens")
+    reasoning, total = get("reasoning_tokens"), get("total_tokens")
+    if found_input is None and found_output is None and cache_read is None and cache_write is None \
+            and reasoning is None and total is None:  # fmt: skip
         return None
-    input_tokens, output_tokens, cache_read, cache_write, reasoning, total = (v or 0 for v in found)
+    input_tokens, output_tokens = found_input or 0, found_output or 0
+    cache_read, cache_write, reasoning = cache_read or 0, cache_write or 0, reasoning or 0
     if cache_read + cache_write > input_tokens:  # input reported without cache
         input_tokens += cache_read + cache_write
     if reasoning > output_tokens:  # output reported without reasoning
         output_tokens += reasoning
     if total:
-        if found[0] is None and found[1] is not None:
+        if found_input is None and found_output is not None:
             input_tokens = max(input_tokens, total - output_tokens)
-        elif found[1] is None and found[0] is not None:
+        elif found_output is None and found_input is not None:
             output_tokens = max(output_tokens, total - input_tokens)
-
-    def clamp(n: int) -> int:
-        return min(n, _MAX_TOKENS)
-
-    return Usage(input_tokens=clamp(input_tokens), output_tokens=clamp(output_tokens),
-                 cache_read_tokens=clamp(cache_read), cache_write_tokens=clamp(cache_write),
-                 reasoning_tokens=clamp(reasoning))  # fmt: skip
+    return Usage(input_tokens=min(input_tokens, _MAX_TOKENS), output_tokens=min(output_tokens, _MAX_TOKENS),
+                 cache_read_tokens=min(cache_read, _MAX_TOKENS), cache_write_tokens=min(cache_write, _MAX_TOKENS),
+                 reasoning_tokens=min(reasoning, _MAX_TOKENS))  # fmt: skip
 
 
 def _provider(value: Any) -> str | None:
@@ -301,27 +366,25 @@ def _cost(value: Any) -> float | None:
     return None
 
 
-def metadata_of(attrs: Attributes, resource: Attributes) -> dict[str, Any] | None:
+def _metadata(raw: Any, from_resource: list[tuple[str, Any]], own: list[tuple[str, Any]]) -> dict[str, Any] | None:
+    """OpenInference `metadata` (a JSON object), then `foglamp.trace.metadata.*` of the resource,
+    then of the span: the span's own values win."""
     metadata: dict[str, Any] = {}
-    raw = attrs.get("metadata")
     if isinstance(raw, str):
         parsed = _loads(raw)
         if isinstance(parsed, dict):
             metadata.update({str(k): _scalar(v) for k, v in parsed.items()})
     elif isinstance(raw, dict):
         metadata.update({str(k): _scalar(v) for k, v in raw.items()})
-    for source in (resource, attrs):  # the span's own values win
-        for key, value in source.items():
-            if key.startswith("foglamp.trace.metadata."):
-                metadata[key.removeprefix("foglamp.trace.metadata.")] = _scalar(value)
+    metadata.update(from_resource)
+    metadata.update(own)
     return metadata or None
 
 
-def attributes_of(span: OtlpSpan, resource_attributes: dict[str, Any]) -> dict[str, Any]:
-    """Every span attribute not mapped to a column, resource attributes under `resource.`,
-    scope name/version under `scope.`, values as scalars (lists and maps as JSON text)."""
-    out = {key: _scalar(value) for key, value in span.attributes.items()
-           if key not in _MAPPED and not is_io_key(key) and not key.startswith("foglamp.trace.metadata.")}  # fmt: skip
+def _attributes(span: OtlpSpan, others: dict[str, Any], resource_attributes: dict[str, Any]) -> dict[str, Any]:
+    """Every span attribute not mapped to a column (`others`), resource attributes under
+    `resource.`, scope name/version under `scope.`, values as scalars (lists and maps as JSON text)."""
+    out = others
     out.update(resource_attributes)
     if span.scope_name:
         out["scope.name"] = span.scope_name
@@ -333,7 +396,7 @@ def attributes_of(span: OtlpSpan, resource_attributes: dict[str, Any]) -> dict[s
 
 
 def nanos_to_datetime(ns: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
+    return _EPOCH + dt.timedelta(0, 0, ns // 1000)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -342,7 +405,7 @@ def _is_root(parent: str) -> bool:
 
 
 def _valid_id(value: str, length: int) -> bool:
-    return len(value) == length and _HEX.fullmatch(value) is not None and value.strip("0") != ""
+    return len(value) == length and value != _ZEROS[length] and not value.strip(_HEX_DIGITS)
 
 
 def _exception_message(events: list[tuple[str, Attributes]]) -> str:
@@ -399,6 +462,9 @@ def _loads(text: str) -> Any:
 
 def _scalar(value: Any) -> str | int | float | bool:
     """An attribute value for the v1 `ScalarMap`: scalars as they are, the rest as JSON text."""
+    kind = type(value)
+    if kind is str or kind is bool:  # the common cases first, by exact type
+        return value
     if isinstance(value, str | bool | int):
         return value if not isinstance(value, int) or abs(value) <= 2**63 - 1 else str(value)
     if isinstance(value, float):
