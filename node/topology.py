@@ -36,7 +36,6 @@ from pipeline.link import Call, run_link, writer_readiness
 from pipeline.link_server import serve_links
 from pipeline.log import get_logger
 from pipeline.priority import MERGE_THREAD_PREFIXES, keep_threads_nice
-from pipeline.spool import Spool
 from stages.admission import RateLimiter, replay_ledgers
 from stages.flush import run_flush
 from stages.front import create_app, run_front
@@ -95,6 +94,7 @@ async def run_writer(config: Config) -> None:
     """The writer process: store owner, spool, admission state. Stops when stdin closes."""
     # Imported here, not at the top: only the writer needs the store client (~20 MB per process).
     from pipeline.store import AsyncStore, connect_once, sample_active_parts, store_opener
+    from pipeline.testing import open_spool
 
     embedded = config.store_url.startswith("chdb://")  # the store's threads are this process's
     schema = schema_ddl(config)  # one table, or a cluster's (INGEST_CLICKHOUSE_CLUSTER)
@@ -102,7 +102,7 @@ async def run_writer(config: Config) -> None:
                        thread_nice=config.store_nice if embedded else 0,
                        inserts=config.flush_parallel_inserts)  # fmt: skip
     await connect_once(store)
-    spool = Spool.open(config.spool_dir, segment_max_bytes=config.spool_segment_bytes)
+    spool = open_spool(config)  # a stalling one under INGEST_SPOOL_FAULT_FILE (tests)
     flushed_ledger, ledger = replay_ledgers(spool)
     flush_signal, health = FlushSignal(), FlushHealth()
     spool_send, spool_receive = trio.open_memory_channel[SpoolJob](config.spool_capacity)

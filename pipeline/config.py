@@ -85,6 +85,10 @@ class Config:
     keep_alive_timeout_s: float = 75.0  # an idle keep-alive connection is closed after this
     enqueue_timeout_ms: int = 200  # a full channel for longer than this is a 503 overloaded
     ack_timeout_ms: int = 10_000  # the writer must have spooled a batch by then, or 503
+    # The front waits this much longer than the ack timeout for the answer of a batch the writer
+    # began to spool just before that deadline (the writer never starts one after it): at least a
+    # slow spool commit (write + fsync), or a batch on disk may still be answered 503.
+    ack_grace_ms: int = 2_000
 
     # --- writer: flush and spool
     # A full block (max rows or bytes, or half the high-water mark if less) is inserted at once; a
@@ -113,9 +117,11 @@ class Config:
     # --- logs
     log_level: str = "info"
 
-    # --- tests only: while this file exists the store fails (see pipeline/testing.py), and the
+    # --- tests only: while this file exists the store fails (see pipeline/testing.py), while the
+    # spool fault file holds a number every spool fsync first sleeps that many seconds, and the
     # writer's clock (quota months) runs this many seconds ahead
     store_fault_file: str = ""
+    spool_fault_file: str = ""
     clock_offset_s: float = 0.0
 
     @property
@@ -239,7 +245,7 @@ def _check(config: Config) -> None:
         "rate_limit_rps", "drain_timeout_s", "enqueue_timeout_ms", "ack_timeout_ms", "max_inflight_requests",
         "spool_high_water_bytes", "admit_max_wait_ms", "flush_parallel_inserts", "http_read_bytes",
         "keep_alive_timeout_s", "http_backlog", "spool_max_group", "link_reply_capacity",
-        "request_timeout_ms", "min_request_bytes_per_s",
+        "request_timeout_ms", "min_request_bytes_per_s", "ack_grace_ms",
         "redis_fallback_nodes", "redis_retry_s",
     ]  # fmt: skip
     for name in positive:

@@ -39,6 +39,7 @@ class Job:
     reply: trio.MemorySendChannel[Any] = field(repr=False)
     payload: Any = None  # set by the validate stage: the decoded batch
     partial: Any = None  # OTLP only: a `stages.otlp.Partial` the validate stage fills for the answer
+    deadline: float = 0.0  # time.monotonic() when the front answers 503 if the writer has not acked
 
 
 def deliver(reply: trio.MemorySendChannel[Any], value: Any) -> None:

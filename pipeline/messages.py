@@ -51,6 +51,12 @@ class Append(_Message, tag="append"):
     spans: int
     monthly_span_quota: int | None
     rows: bytes
+    # time.monotonic() after which the front has given up on this batch (503): the writer then
+    # drops it unwritten and uncharged. CLOCK_MONOTONIC is one clock for every process on the host
+    # (front and writer share it over a Unix socket) and no wall-clock step moves it. 0: no deadline
+    # (spool records written before it existed, tools). Last and defaulted, so a record without it
+    # decodes, and a reader without it ignores the trailing element: the record layout is unchanged.
+    deadline: float = 0.0
 
 
 AppendStatus = Literal["ok", "quota_exceeded", "overloaded", "draining"]
@@ -133,6 +139,7 @@ class AppendView(_Message, tag="append"):
     spans: int
     monthly_span_quota: int | None
     rows: msgspec.Raw
+    deadline: float = 0.0  # see `Append.deadline`
 
 
 WriterInbound = Admit | AppendView | Query | Status | Usage

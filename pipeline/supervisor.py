@@ -109,6 +109,15 @@ def _child_env(config: Config) -> dict[str, str]:
     return child_environment(config, MALLOC_ENV)
 
 
+def _ignore_drain_signals() -> None:
+    """Run in the child between fork and exec: SIGTERM and SIGINT ignored, which exec keeps. A
+    child still starting (a front imports for a second or more) is not killed by a drain's signal
+    before its own trigger (`pipeline.drain.watch_for_drain`) takes over; the stdin the supervisor
+    closes reaches it then. Killed, its listening socket would take connections nobody answers."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 async def _start(child: Child, config: Config) -> trio.Process:
     env = _child_env(config)
     child.process = await trio.lowlevel.open_process(
@@ -117,6 +126,7 @@ async def _start(child: Child, config: Config) -> trio.Process:
         stdout=subprocess.PIPE if child.role == "writer" else None,
         pass_fds=child.pass_fds,
         env=env,
+        preexec_fn=_ignore_drain_signals,
     )
     if child.role != "writer" and config.front_nice:
         renice_process(child.process.pid, config.front_nice)
@@ -172,6 +182,13 @@ async def _stop(child: Child, deadline_s: float, *, close_stdin: bool, sig: int 
     return await process.wait()
 
 
+async def _stop_front(front: Child, sock: socket.socket, config: Config) -> None:
+    try:
+        await _stop(front, config.drain_grace_s + config.drain_timeout_s, close_stdin=True, sig=signal.SIGTERM)
+    finally:
+        sock.close()
+
+
 async def supervise(config: Config) -> int:
     lock_fd = acquire_node_lock(config.data_dir)
     sockets = listen(config)
@@ -195,13 +212,12 @@ async def supervise(config: Config) -> int:
                 log.info("drain_started", signal=signal.Signals(signum).name)
                 break
             draining.set()
-            # 1. fronts: grace, in-flight requests, close links.
+            # 1. fronts: grace, in-flight requests, close links. A front's socket is closed as soon
+            # as that front is gone: the kernel then sends new connections to the fronts still
+            # answering (503 draining) instead of queueing them where nobody accepts.
             async with trio.open_nursery() as stopping:
-                for front in fronts:
-                    stopping.start_soon(functools.partial(_stop, front, config.drain_grace_s + config.drain_timeout_s,
-                                                          close_stdin=True, sig=signal.SIGTERM))  # fmt: skip
-            for sock in sockets:
-                sock.close()
+                for front, sock in zip(fronts, sockets, strict=True):
+                    stopping.start_soon(functools.partial(_stop_front, front, sock, config))
             # 2. writer: final flush and checkpoint.
             code = await _stop(writer, config.drain_timeout_s + 5, close_stdin=True, sig=None)
             nursery.cancel_scope.cancel()

@@ -8,18 +8,23 @@ start and end an outage without mocks.
 
 `TornFrameWriter` is a writer's link socket that answers each front's request with half a frame
 and hangs up, for tests of the front's link reader.
+
+`SlowSpool` is a spool on a disk that stalls: every fsync sleeps while its control file says so.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import trio
 
 from pipeline import messages
+from pipeline.config import Config
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.frames import frame
+from pipeline.spool import Spool
 from pipeline.store import Rows, Store
 
 
@@ -80,3 +85,31 @@ class TornFrameWriter:
             await stream.send_eof()  # the front reads half a frame, then the end of the stream
             while await stream.receive_some(65536):  # closing with unread bytes would reset the
                 pass  # connection instead, and the front would see a broken socket, not a torn frame
+
+
+class SlowSpool(Spool):
+    """A real spool whose every fsync first sleeps as many seconds as `control` holds (no file, or
+    not a number: no delay): a disk that stalls, for tests of the ack deadline. A running node uses
+    it when `INGEST_SPOOL_FAULT_FILE` names such a file."""
+
+    control: Path | None = None
+
+    def _sync(self, fd: int) -> None:
+        delay = 0.0
+        if self.control is not None:
+            try:
+                delay = float(self.control.read_text().strip() or 0)
+            except (FileNotFoundError, ValueError):
+                delay = 0.0
+        if delay > 0:
+            time.sleep(delay)
+        super()._sync(fd)
+
+
+def open_spool(config: Config) -> Spool:
+    """The writer's spool: a `SlowSpool` when `INGEST_SPOOL_FAULT_FILE` is set, else a `Spool`."""
+    if not config.spool_fault_file:
+        return Spool.open(config.spool_dir, segment_max_bytes=config.spool_segment_bytes)
+    spool = SlowSpool.open(config.spool_dir, segment_max_bytes=config.spool_segment_bytes)
+    spool.control = Path(config.spool_fault_file)
+    return spool

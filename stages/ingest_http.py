@@ -14,6 +14,7 @@ closes them once the server has answered every request in flight.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -113,6 +114,7 @@ class IngestHandler:
         self.link_send = link_send
         self.enqueue_timeout_s = config.enqueue_timeout_ms / 1000
         self.ack_timeout_s = config.ack_timeout_ms / 1000
+        self.ack_grace_s = config.ack_grace_ms / 1000
         self.in_flight = 0  # requests past the header checks, waiting for admission or holding a body
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -180,13 +182,18 @@ class IngestHandler:
         if body is None:
             return too_large(limit)
         reply_send, reply_receive = trio.open_memory_channel[Any](1)
-        job = Job(key.org_id, key.id, key.monthly_span_quota, media, encoding, body, reply_send, partial=partial)
+        # The writer drops the batch unwritten once `deadline` has passed; the grace after it lets
+        # the answer of a batch spooled just before it arrive. So a 503 here means "not stored"
+        # (README, "What a 503 means for a retry").
+        deadline = time.monotonic() + self.ack_timeout_s
+        job = Job(key.org_id, key.id, key.monthly_span_quota, media, encoding, body, reply_send, partial=partial,
+                  deadline=deadline)  # fmt: skip
         with reply_receive:
             with trio.move_on_after(self.enqueue_timeout_s) as enqueue:
                 await self.validate_send.send(job)
             if enqueue.cancelled_caught:
                 return overloaded()
-            with trio.move_on_after(self.ack_timeout_s):
+            with trio.move_on_after(deadline + self.ack_grace_s - time.monotonic()):
                 return outcome_answer(await reply_receive.receive(), limit_headers)
         return overloaded()
 

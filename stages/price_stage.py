@@ -44,7 +44,7 @@ async def run_price(
             aggregate = AGGREGATE_KINDS if job.media.startswith("otlp-") else frozenset()
             rows, spans = priced_rows(batch, job.org_id, table, ingested_at_ms=int(clock() * 1000),
                                       max_io_bytes=config.max_io_bytes, aggregate_kinds=aggregate)  # fmt: skip
-            append = Append(0, job.org_id, job.key_id, spans, job.monthly_span_quota, rows)
+            append = Append(0, job.org_id, job.key_id, spans, job.monthly_span_quota, rows, job.deadline)
             await send.send(Call(append, job.reply))
 
 

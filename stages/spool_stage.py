@@ -98,12 +98,22 @@ async def _commit_group(
         for job in jobs:
             _answer(job, "overloaded", retry_after_s=5)
         return
+    jobs = _drop_expired(jobs, time.monotonic())
     free = config.spool_max_bytes - spool.pending_bytes()
     admitted, refused = decide(jobs, ledger, month, free)
     if gate is not None:  # the org's quota over all nodes (stages/redis_quota.py)
         admitted, refused = await _cluster_quota(gate, admitted, refused, month)
     for job, status in refused:
         _answer(job, status, retry_after_s=1 if status == "overloaded" else 0)
+    if not admitted:
+        return
+    live = _drop_expired(admitted, time.monotonic())  # the gate may have taken a while
+    if gate is not None and len(live) < len(admitted):
+        ids = {id(j) for j in live}
+        late = [(j.append.org_id, j.append.spans) for j in admitted
+                if id(j) not in ids and j.append.monthly_span_quota is not None]  # fmt: skip
+        await trio.to_thread.run_sync(gate.release, late, month)
+    admitted = live
     if not admitted:
         return
     payloads = [spool_payload(month, j.frame) for j in admitted]
@@ -122,6 +132,9 @@ async def _commit_group(
     metrics.spool_commit_seconds.observe(commit_ms / 1000)
     if commit_ms > SLOW_COMMIT_MS:
         log.warning("slow_spool_commit", ms=round(commit_ms, 1), batches=len(admitted))
+    _, unheard = expired(admitted, time.monotonic() - config.ack_grace_ms / 1000)
+    if unheard:  # a commit slower than the grace: on disk, but their fronts have answered 503
+        log.error("spooled_after_front_gave_up", batches=len(unheard), ms=round(commit_ms, 1))
     for job in admitted:
         ledger.charge(job.append.org_id, job.append.spans, month)
         _answer(job, "ok")
@@ -154,6 +167,23 @@ async def _cluster_quota(
         if id(job) in over:
             _answer(job, "quota_exceeded")
     return [j for j in admitted if id(j) not in over], refused
+
+
+def expired(jobs: list[SpoolJob], now: float) -> tuple[list[SpoolJob], list[SpoolJob]]:
+    """Split jobs into (still wanted, past their front's deadline). Plain function. A front that
+    has passed `Append.deadline` answers (or has answered) 503: such a batch is never spooled."""
+    live = [j for j in jobs if not 0 < j.append.deadline < now]
+    late = [j for j in jobs if 0 < j.append.deadline < now]
+    return live, late
+
+
+def _drop_expired(jobs: list[SpoolJob], now: float) -> list[SpoolJob]:
+    live, late = expired(jobs, now)
+    if late:
+        log.warning("appends_past_deadline_dropped", batches=len(late), spans=sum(j.append.spans for j in late))
+        for job in late:
+            _answer(job, "overloaded", retry_after_s=1)
+    return live
 
 
 def _answer(job: SpoolJob, status: AppendStatus, retry_after_s: int = 0) -> None:

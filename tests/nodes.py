@@ -76,7 +76,8 @@ class Node:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 60.0) -> Node:
+    def launch(self) -> Node:
+        """Start `run.py serve` without waiting for it (see `start`)."""
         self.log_path = self.data_dir.parent / f"node-{self.port}.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
@@ -85,6 +86,12 @@ class Node:
              str(self.workers), "--data-dir", str(self.data_dir)],
             env=child_env(self.env), stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
+        return self
+
+    def start(self, timeout_s: float = 60.0) -> Node:
+        """Start the node and return once a front answers /readyz 200 (another may still be starting)."""
+        self.launch()
+        assert self.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -196,6 +196,24 @@ def test_drain_under_load_answers_503_then_exits_0_with_every_row_stored(tmp_pat
     assert total(data_dir) == sum(accepted)  # node stopped: read the store directly
 
 
+def test_a_drain_that_starts_while_the_fronts_are_still_starting_answers_503_on_every_socket(tmp_path: Path) -> None:
+    """The drain flake's cause: a front still importing when SIGTERM came was killed by it (no
+    handler yet), and the connections the kernel sent to its socket were never answered. Here the
+    signal comes right after the supervisor spawned the fronts, while both are still starting."""
+    node = Node(tmp_path / "data", env={"INGEST_DRAIN_GRACE_S": "3"}).launch()
+    assert node.process is not None
+    deadline = time.monotonic() + 60
+    while '"node_ready"' not in node.logs():  # the fronts were spawned a moment ago
+        assert node.process.poll() is None and time.monotonic() < deadline, node.logs()
+        time.sleep(0.02)
+    node.signal(signal.SIGTERM)
+    with httpx.Client(timeout=30) as client:  # new connections land on both fronts' sockets
+        answers = [client.get(f"{node.url}/readyz", headers={"Connection": "close"}) for _ in range(8)]
+    assert [(r.status_code, r.json()) for r in answers] == [(503, {"status": "draining"})] * 8
+    assert node.process.wait(timeout=60) == 0, node.logs()
+    assert node.logs().count('"event": "draining"') == 2, node.logs()  # both fronts drained, none killed
+
+
 def nice_of(pid: int | str) -> int:
     return os.getpriority(os.PRIO_PROCESS, int(pid))
 
