@@ -154,7 +154,7 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- control plane
 def _controlplane(args: argparse.Namespace) -> Any:
-    from pipeline.controlplane_pg import open_controlplane
+    from pipeline.controlplane import open_controlplane
 
     return open_controlplane(config_of(args))
 

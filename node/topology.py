@@ -28,7 +28,7 @@ import trio
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.controlplane_pg import open_controlplane
+from pipeline.controlplane import open_controlplane
 from pipeline.drain import DrainState, stdin_closed, watch_for_drain
 from pipeline.flush_state import FlushHealth, FlushSignal
 from pipeline.jobs import Job, SpoolJob
