@@ -240,7 +240,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_prices(args: argparse.Namespace) -> int:
-    from stages.price import PriceTable, prices_command
+    from stages.price import PriceTable
+    from stages.price_report import prices_command
 
     config = config_of(args)
     code, text = prices_command(
