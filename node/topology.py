@@ -93,7 +93,7 @@ async def run_front_worker(config: Config, listen_fd: int) -> None:
 # =========================================================================== writer
 async def run_writer(config: Config) -> None:
     """The writer process: store owner, spool, admission state. Stops when stdin closes."""
-    # Imported here, not at the top: only the writer needs the store client (~20 MB per process).
+    # Imported here, not at the top: only the writer needs the store client, and it is large.
     from pipeline.store import AsyncStore, connect_once, sample_active_parts, store_opener
 
     embedded = config.store_url.startswith("chdb://")  # the store's threads are this process's
