@@ -90,8 +90,8 @@ def name_this_thread(name: str) -> None:
     renicing above; Python 3.11 does not. Best effort."""
     try:
         Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name[:15])
-    except OSError:
-        pass
+    except OSError as exc:  # no /proc (not Linux): the thread keeps its name, nothing else changes
+        log.debug("thread_name_failed", thread=name, error=str(exc))
 
 
 def renice_this_thread(increment: int) -> None:
