@@ -64,7 +64,7 @@ async def run_front_worker(config: Config, listen_fd: int) -> None:
     front_link = link_send.clone()  # the front's own calls: admissions, /readyz
 
     async def readiness() -> tuple[int, dict]:
-        return await writer_readiness(front_link)
+        return await writer_readiness(front_link, config.readiness_timeout_s)
 
     async def shutdown_trigger() -> None:
         await state.started.wait()
