@@ -12,10 +12,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Config, inherited_config, load_config
 from pipeline.log import configure
+
+if TYPE_CHECKING:
+    from pipeline.controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,7 +72,7 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- control plane
-def _controlplane(args: argparse.Namespace) -> Any:
+def _controlplane(args: argparse.Namespace) -> ControlPlane:
     from pipeline.controlplane import open_controlplane
 
     return open_controlplane(config_of(args))
