@@ -342,9 +342,9 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def _create_key(config: Config) -> str:
-    from pipeline.controlplane import ControlPlane
+    from pipeline.controlplane_sqlite import SqliteControlPlane
 
-    with ControlPlane.open(config.controlplane_db) as cp:
+    with SqliteControlPlane.open(config.controlplane_db) as cp:
         org = cp.create_org(f"loadtest-{random.getrandbits(32):08x}")
         full_key, _ = cp.create_key(org.id, name="loadtest", rate_limit_rps=1_000_000.0)
     where = config.controlplane_db

@@ -8,7 +8,7 @@ import trio
 
 from node.topology import run_front_worker, run_writer
 from pipeline.config import Config
-from pipeline.controlplane_pg import open_controlplane
+from pipeline.controlplane import open_controlplane
 from pipeline.errors import ConfigError
 from stages.otlp_decode import check_backend
 from stages.price import PriceTable

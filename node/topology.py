@@ -28,7 +28,7 @@ import trio
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.controlplane_pg import open_controlplane
+from pipeline.controlplane import open_controlplane
 from pipeline.drain import DrainState, stdin_closed, watch_for_drain
 from pipeline.flush_state import FlushHealth, FlushSignal
 from pipeline.jobs import Job, SpoolJob
@@ -63,7 +63,7 @@ async def run_front_worker(config: Config, listen_fd: int) -> None:
     front_link = link_send.clone()  # the front's own calls: admissions, /readyz
 
     async def readiness() -> tuple[int, dict]:
-        return await writer_readiness(front_link)
+        return await writer_readiness(front_link, config.readiness_timeout_s)
 
     async def shutdown_trigger() -> None:
         await state.started.wait()
@@ -92,7 +92,7 @@ async def run_front_worker(config: Config, listen_fd: int) -> None:
 # =========================================================================== writer
 async def run_writer(config: Config) -> None:
     """The writer process: store owner, spool, admission state. Stops when stdin closes."""
-    # Imported here, not at the top: only the writer needs the store client (~20 MB per process).
+    # Imported here, not at the top: only the writer needs the store client, and it is large.
     from pipeline.store import AsyncStore, connect_once, sample_active_parts, store_opener
     from pipeline.testing import open_spool
 

@@ -89,6 +89,7 @@ class Config:
     # began to spool just before that deadline (the writer never starts one after it): at least a
     # slow spool commit (write + fsync), or a batch on disk may still be answered 503.
     ack_grace_ms: int = 2_000
+    readiness_timeout_s: float = 2.0  # /readyz: the writer must answer a status call by then, or 503
 
     # --- writer: flush and spool
     # A full block (max rows or bytes, or half the high-water mark if less) is inserted at once; a
@@ -106,6 +107,7 @@ class Config:
     spool_high_water_bytes: int = 256 * MiB
     admit_max_wait_ms: int = 1000
     spool_segment_bytes: int = 64 * MiB
+    spool_slow_commit_ms: float = 100.0  # a group commit (write + fsync) slower than this is logged
     # A reserve on the data dir's file system (pipeline/disk.py): below this much free space new
     # batches get 503 overloaded and /readyz 503 degraded, so the spool and the store never fill it.
     min_free_disk_bytes: int = 256 * MiB
@@ -246,7 +248,7 @@ def _check(config: Config) -> None:
         "spool_high_water_bytes", "admit_max_wait_ms", "flush_parallel_inserts", "http_read_bytes",
         "keep_alive_timeout_s", "http_backlog", "spool_max_group", "link_reply_capacity",
         "request_timeout_ms", "min_request_bytes_per_s", "ack_grace_ms",
-        "redis_fallback_nodes", "redis_retry_s",
+        "redis_fallback_nodes", "redis_retry_s", "readiness_timeout_s", "spool_slow_commit_ms",
     ]  # fmt: skip
     for name in positive:
         if getattr(config, name) <= 0:

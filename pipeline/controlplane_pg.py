@@ -1,7 +1,7 @@
 """The control plane in PostgreSQL, shared by several nodes: the same interface as the SQLite one.
 
-Selected by `INGEST_CONTROLPLANE_URL=postgresql://…` (see `open_controlplane`); without it the
-node keeps its SQLite file. Orgs, quotas and keys (SHA-256 hashes only) live in one schema that
+Selected by `INGEST_CONTROLPLANE_URL=postgresql://…` (see `pipeline.controlplane.open_controlplane`);
+without it the node keeps its SQLite file. Orgs, quotas and keys (SHA-256 hashes only) live in one schema that
 `PgControlPlane.open` creates and migrates idempotently: the migration runs under a transaction
 advisory lock, so nodes and CLIs starting together migrate once.
 
@@ -22,22 +22,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import psycopg
 
-from pipeline.controlplane import (
-    _KEY_ID_RE,
-    _KEY_RE,
-    _ORG_ID_RE,
-    _PREFIX_RE,
-    KEY_PREFIX_CHARS,
-    ApiKey,
-    ControlPlane,
-    Org,
-    _hash,
-)
+from pipeline.controlplane import _KEY_RE, ApiKey, _hash
+from pipeline.controlplane_sql import KEY_SELECT, SqlControlPlane
 from pipeline.errors import ControlPlaneError, ControlPlaneUnavailable
 
 SCHEMA_VERSION = 1
@@ -78,9 +68,11 @@ class _Entry:
     read_at: float  # monotonic time of the successful read: the entry's age, never refreshed
 
 
-class PgControlPlane(ControlPlane):
-    """The SQLite `ControlPlane`'s operations over one psycopg connection (autocommit; each write
-    in its own transaction). Open it in each process after it starts, never before a fork."""
+class PgControlPlane(SqlControlPlane):
+    """The control plane's operations over one psycopg connection (autocommit; each write in its
+    own transaction). Open it in each process after it starts, never before a fork."""
+
+    _order = "seq"
 
     def __init__(
         self,
@@ -100,7 +92,7 @@ class PgControlPlane(ControlPlane):
         self.outage_since: float | None = None  # monotonic time of the first failure, or None
 
     @classmethod
-    def open(  # type: ignore[override]
+    def open(
         cls, url: str, cache_s: float = 0.5, outage_s: float = 60.0, retry_s: float = 0.5
     ) -> PgControlPlane:
         """Connect to `url` and bring the schema up to date."""
@@ -116,14 +108,6 @@ class PgControlPlane(ControlPlane):
         if self._pg is not None:
             self._pg.close()
             self._pg = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def authenticate(self, key: str) -> ApiKey | None:
         if not isinstance(key, str) or _KEY_RE.fullmatch(key) is None:
@@ -167,71 +151,14 @@ class PgControlPlane(ControlPlane):
         if self.outage_since is None:
             self.outage_since = now
 
+    def _reader(self) -> Any:
+        return self._connection()
+
     def _write(self) -> Any:
         return _Transaction(self._connection())
 
-    def list_orgs(self) -> list[Org]:
-        rows = self._connection().execute(f"SELECT {_ORG_COLUMNS} FROM orgs ORDER BY seq").fetchall()
-        return [Org(*row) for row in rows]
 
-    def list_keys(self, org: str | None = None) -> list[ApiKey]:
-        conn = self._connection()
-        if org is None:
-            rows = conn.execute(_KEY_SELECT + " ORDER BY k.seq").fetchall()
-        else:
-            org_id = self._find_org(conn, org).id
-            rows = conn.execute(_KEY_SELECT + " WHERE k.org_id = %s ORDER BY k.seq", (org_id,)).fetchall()
-        return [ApiKey(*row) for row in rows]
-
-    def get_org(self, id_or_name: str) -> Org:
-        return self._find_org(self._connection(), id_or_name)
-
-    def get_key(self, id_or_prefix: str) -> ApiKey:
-        return self._find_key(self._connection(), id_or_prefix)
-
-    @staticmethod
-    def _find_org(conn: Any, id_or_name: str) -> Org:
-        if not isinstance(id_or_name, str):
-            raise ControlPlaneError(f"an org is named by its id or name, not {id_or_name!r}")
-        column = "id" if _ORG_ID_RE.fullmatch(id_or_name) else "name"
-        row = conn.execute(f"SELECT {_ORG_COLUMNS} FROM orgs WHERE {column} = ?", (id_or_name,)).fetchone()
-        if row is None:
-            raise ControlPlaneError(f"no org with {column} {id_or_name!r}")
-        return Org(*row)
-
-    @staticmethod
-    def _find_key(conn: Any, id_or_prefix: str) -> ApiKey:
-        if not isinstance(id_or_prefix, str):
-            raise ControlPlaneError(f"a key is named by its id or prefix, not {id_or_prefix!r}")
-        arg: str | bytes
-        if _KEY_ID_RE.fullmatch(id_or_prefix):
-            where, arg, what = "k.id = ?", id_or_prefix, f"id {id_or_prefix!r}"
-        elif _PREFIX_RE.fullmatch(id_or_prefix):
-            where, arg, what = "k.prefix = ?", id_or_prefix, f"prefix {id_or_prefix!r}"
-        elif _KEY_RE.fullmatch(id_or_prefix):
-            where, arg, what = "k.key_hash = ?", _hash(id_or_prefix), "the given key"
-        else:
-            raise ControlPlaneError(
-                f"{id_or_prefix!r} is neither a key id (key_ + 16 hex characters),"
-                f" a key prefix (the first {KEY_PREFIX_CHARS} characters of the key), nor a key"
-            )
-        rows = conn.execute(_KEY_SELECT + f" WHERE {where} LIMIT 2", (arg,)).fetchall()
-        if not rows:
-            raise ControlPlaneError(f"no key matches {what}")
-        if len(rows) > 1:
-            raise ControlPlaneError(
-                f"{what} matches more than one key; give the key id instead (see `run.py keys list`)"
-            )
-        return ApiKey(*rows[0])
-
-
-_ORG_COLUMNS = "id, name, monthly_span_quota, created_at"
-_KEY_SELECT = """
-    SELECT k.id, k.prefix, k.name, k.org_id, o.name, k.rate_limit_rps, o.monthly_span_quota,
-           k.created_at, k.revoked_at
-    FROM api_keys AS k JOIN orgs AS o ON o.id = k.org_id
-"""
-_AUTHENTICATE_SQL = _KEY_SELECT + " WHERE k.key_hash = %s AND k.revoked_at IS NULL"
+_AUTHENTICATE_SQL = KEY_SELECT + " WHERE k.key_hash = %s AND k.revoked_at IS NULL"
 
 
 class _Transaction:
@@ -301,12 +228,4 @@ def _migrate(conn: Any) -> None:
             conn.execute("INSERT INTO foglamp_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
 
 
-def open_controlplane(config: Any) -> ControlPlane:
-    """The node's control plane: PostgreSQL when `INGEST_CONTROLPLANE_URL` is set, else SQLite."""
-    url = getattr(config, "controlplane_url", "")
-    if not url:
-        return ControlPlane.open(config.controlplane_db)
-    return PgControlPlane.open(
-        url, cache_s=config.controlplane_cache_s, outage_s=config.controlplane_outage_s,
-        retry_s=config.controlplane_retry_s,
-    )  # fmt: skip
+__all__ = ["ControlPlaneUnavailable", "PgControlPlane"]

@@ -14,7 +14,7 @@ it crashes the process loudly, and the supervisor restarts it.
 
 Where each is raised and handled:
 
-    ConfigError        pipeline.config, stages.price_overrides   → run.py prints it, exits 2
+    ConfigError        pipeline.config, stages.price_file        → run.py prints it, exits 2
     ControlPlaneError  pipeline.controlplane                     → run.py prints it, exits 2
     RetryableError     pipeline.store, pipeline.spool            → stages.flush retries; the spool stage answers 503
     ControlPlaneUnavailable  pipeline.controlplane_pg            → the front answers 503 overloaded (Retry-After)

@@ -64,6 +64,4 @@ def status_reply(req_id: int, config: Config, spool: Spool, health: FlushHealth)
         store_error=health.last_error,
         spool_pending_bytes=spool.pending_bytes(),
         spool_max_bytes=config.spool_max_bytes,
-        rows_flushed=health.rows_flushed,
-        flush_failures=health.failures,
     )

@@ -53,9 +53,7 @@ async def call(
     return None
 
 
-async def writer_readiness(
-    send: trio.MemorySendChannel[Call], timeout_s: float = 2.0
-) -> tuple[int, dict]:
+async def writer_readiness(send: trio.MemorySendChannel[Call], timeout_s: float) -> tuple[int, dict]:
     """/readyz as the writer sees it: (HTTP status, body)."""
     reply = await call(send, messages.Status(0), timeout_s=timeout_s)
     if not isinstance(reply, messages.StatusReply):

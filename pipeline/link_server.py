@@ -55,35 +55,43 @@ async def serve_links(
 
 async def _serve_connection(stream: trio.SocketStream, dispatch: Dispatch, capacity: int) -> None:
     send, receive = trio.open_memory_channel[messages.Message](capacity)
-    async with stream, trio.open_nursery() as nursery:
+    undelivered = 0  # replies dropped because the connection was closing
+    try:
+        async with stream, trio.open_nursery() as nursery:
 
-        def reply(message: messages.Message) -> None:
+            def reply(message: messages.Message) -> None:
+                nonlocal undelivered
+                try:
+                    send.send_nowait(message)
+                except trio.WouldBlock:
+                    log.warning("peer_not_reading", waiting=capacity)
+                    nursery.cancel_scope.cancel()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The connection is closing (the peer hung up, or sending to it failed): the
+                    # front answers that request itself when its link breaks. Logged once, below.
+                    undelivered += 1
+
+            async def forward_replies() -> None:
+                async with receive:
+                    async for message in receive:
+                        waiting = [frame(messages.encode(message))]
+                        while True:  # everything already waiting goes out in one send
+                            try:
+                                waiting.append(frame(messages.encode(receive.receive_nowait())))
+                            except (trio.WouldBlock, trio.EndOfChannel):
+                                break
+                        await stream.send_all(b"".join(waiting))
+
+            nursery.start_soon(forward_replies)
             try:
-                send.send_nowait(message)
-            except trio.WouldBlock:
-                log.warning("peer_not_reading", waiting=capacity)
-                nursery.cancel_scope.cancel()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-        async def forward_replies() -> None:
-            async with receive:
-                async for message in receive:
-                    waiting = [frame(messages.encode(message))]
-                    while True:  # everything already waiting goes out in one send
-                        try:
-                            waiting.append(frame(messages.encode(receive.receive_nowait())))
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    await stream.send_all(b"".join(waiting))
-
-        nursery.start_soon(forward_replies)
-        try:
-            async for received in iter_frames(stream, headroom=messages.RECORD_PREFIX_BYTES):
-                message = messages.decode_inbound(memoryview(received)[messages.RECORD_PREFIX_BYTES:])
-                await dispatch(message, received, reply)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, PermanentError,
-                msgspec.MsgspecError) as exc:  # fmt: skip
-            log.warning("connection_error", error=str(exc))
-        # The peer closed its end: it waits for nothing more from us.
-        nursery.cancel_scope.cancel()
+                async for received in iter_frames(stream, headroom=messages.RECORD_PREFIX_BYTES):
+                    message = messages.decode_inbound(memoryview(received)[messages.RECORD_PREFIX_BYTES:])
+                    await dispatch(message, received, reply)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, PermanentError,
+                    msgspec.MsgspecError) as exc:  # fmt: skip
+                log.warning("connection_error", error=str(exc))
+            # The peer closed its end: it waits for nothing more from us.
+            nursery.cancel_scope.cancel()
+    finally:
+        if undelivered:  # once per connection, not once per reply
+            log.warning("replies_undelivered", count=undelivered)

@@ -94,8 +94,6 @@ class StatusReply(_Message, tag="status_reply"):
     store_error: str
     spool_pending_bytes: int
     spool_max_bytes: int
-    rows_flushed: int
-    flush_failures: int
 
 
 class Usage(_Message, tag="usage"):

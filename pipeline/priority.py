@@ -11,17 +11,15 @@ children nicer (never less nice without privileges), so both knobs only ever low
     INGEST_MERGE_NICE (default 19)   the embedded store's merge threads, relative to the writer
     INGEST_MERGE_SCHED_IDLE (1)      ... and SCHED_IDLE: they run only on a CPU nothing else wants
 
-Measured (docs/PERFORMANCE.md): merges at nice 10 lowered the p99 of 202s at 80 % load and
-raised the stored spans/s, and at 19 more so (the merges left over from a burst no longer take
-a tenth of a core from the requests that follow it), and under SCHED_IDLE more so again (a CPU
-running only merges counts as idle when a request or an insert wakes up); nicer fronts raised
-spans/s but starved requests (p99 ~1 s), hence 0.
-Inserts at nice 4 (the thread that calls the store, where the embedded ClickHouse does much of
-an insert, and the pool threads it starts) lowered that p99 several-fold: a front answers a
-request without being preempted by an insert in the middle of it, and the insert still gets all
-of the idle CPU. But once the spool is half-way to its high-water mark (past which admissions
-wait for the flush), the store is the node's bottleneck; then ("urgent" inserts, `stages.flush`)
-the store's threads run at the writer's own priority until it catches up (`StorePriority`).
+Why these defaults (the measurements are in docs/PERFORMANCE.md, "CPU priorities"): merges
+that only get idle CPU leave it to the requests that follow a burst; nicer fronts would starve
+requests, hence 0. Inserts run a little nicer (the thread that calls the store, where the
+embedded ClickHouse does much of an insert, and the pool threads it starts) so that a front
+answers a request without being preempted by an insert in the middle of it, while the insert
+still gets all of the idle CPU. But once the spool is half-way to its high-water mark (past which
+admissions wait for the flush), the store is the node's bottleneck; then ("urgent" inserts,
+`stages.flush`) the store's threads run at the writer's own priority until it catches up
+(`StorePriority`).
 Making a thread less nice needs CAP_SYS_NICE (or RLIMIT_NICE); without it the store's threads
 stay at INGEST_STORE_NICE, and a warning says so once.
 Under a load that saturates the CPU for long, merges lag and parts accumulate, until
@@ -92,8 +90,8 @@ def name_this_thread(name: str) -> None:
     renicing above; Python 3.11 does not. Best effort."""
     try:
         Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name[:15])
-    except OSError:
-        pass
+    except OSError as exc:  # no /proc (not Linux): the thread keeps its name, nothing else changes
+        log.debug("thread_name_failed", thread=name, error=str(exc))
 
 
 def renice_this_thread(increment: int) -> None:

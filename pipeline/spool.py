@@ -4,17 +4,8 @@ A 202 is sent only once its batch is in the spool and fsynced (SPEC §6). The wr
 of opaque payloads to `append` (one write, one fsync); the flusher `read`s from its cursor, inserts
 into the store, then `checkpoint`s "everything before P is flushed" with an opaque state blob.
 Segments wholly before the checkpoint are deleted; on open, everything after it is read again.
+The files' layout is `pipeline.spool_format`'s.
 
-On disk (integers little-endian, crc32 is zlib's, computed with ISA-L's SIMD version):
-
-    <dir>/<seq:020d>.seg  b"FGLSPOOL" | u32 version | u64 seq | u32 crc32(those 20 bytes)
-                          then records: u32 length (> 0) | u32 crc32(payload) | payload
-    <dir>/checkpoint      b"FGLCKPT\\0" | u32 length | u32 crc32(body) | body, where body is
-                          msgpack {"v": 1, "segment": int, "offset": int, "state": bytes | None};
-                          replaced atomically (temp file, fsync, rename, fsync of the directory)
-    <dir>/lock            flock()ed while open: one owner per directory
-
-A `Position` is a byte offset inside a segment file; the first record starts at `HEADER_SIZE`.
 Appends rotate to a new segment at a record boundary when the active one would exceed
 `segment_max_bytes`; a payload larger than that still goes in, alone in its segment.
 """
@@ -23,127 +14,39 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import msgpack
-from isal.isal_zlib import crc32  # zlib's crc32, ~15x faster: every spooled byte is summed twice
+from isal.isal_zlib import crc32
 
 from pipeline.errors import ConfigError, PermanentError, RetryableError
 from pipeline.log import get_logger
+from pipeline.spool_format import (
+    _MAX_PAYLOAD,
+    _REC_HEAD,
+    _SEG_HEAD,
+    _SEG_MAGIC,
+    _SEG_NAME,
+    BEGINNING,
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    RECORD_OVERHEAD,
+    Position,
+    _pwritev_all,
+    _scan,
+    _segment_header,
+    decode_checkpoint,
+    encode_checkpoint,
+)
+
+__all__ = ["BEGINNING", "HEADER_SIZE", "RECORD_OVERHEAD", "Position", "Spool"]
 
 log = get_logger("spool")
-
-FORMAT_VERSION = 1
-_SEG_MAGIC = b"FGLSPOOL"
-_SEG_HEAD = struct.Struct("<8sIQ")
-_CRC = struct.Struct("<I")
-HEADER_SIZE = _SEG_HEAD.size + _CRC.size
-_REC_HEAD = struct.Struct("<II")
-RECORD_OVERHEAD = _REC_HEAD.size
-_MAX_PAYLOAD = 2**32 - 1
-_CKPT_MAGIC = b"FGLCKPT\0"
-_CKPT_HEAD = struct.Struct("<8sII")
-_SEG_NAME = re.compile(r"^(\d{20})\.seg$")
-_READ_AHEAD = 512 << 10
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class Position:
-    """A record boundary: byte `offset` in segment `segment`. Positions order like the log."""
-
-    segment: int
-    offset: int
-
-
-BEGINNING = Position(0, 0)  # before every segment: the checkpoint of a spool never checkpointed
-
-
-def _segment_header(seq: int) -> bytes:
-    head = _SEG_HEAD.pack(_SEG_MAGIC, FORMAT_VERSION, seq)
-    return head + _CRC.pack(crc32(head))
-
-
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-
-
-def _pwritev_all(fd: int, buffers: list, offset: int) -> int:
-    """Write `buffers` back to back at `offset` without joining them (no copy of the batches);
-    return the bytes written."""
-    views = [memoryview(b) for b in buffers if len(b)]
-    i = total = 0
-    while i < len(views):
-        written = os.pwritev(fd, views[i : i + _IOV_MAX], offset)
-        if written <= 0:
-            raise OSError(f"pwritev wrote {written} bytes")
-        offset, total = offset + written, total + written
-        while i < len(views) and written >= len(views[i]):
-            written -= len(views[i])
-            i += 1
-        if written:
-            views[i] = views[i][written:]
-    return total
-
-
-def _scan(
-    fd: int,
-    offset: int,
-    limit: int,
-    *,
-    budget: float,
-    max_records: int | None,
-    keep: bool,
-    must_take: bool = True,
-) -> tuple[list[memoryview], int, int, str | None]:
-    """Read the records in [offset, limit) of one segment, through a read-ahead buffer.
-
-    Stops before a record that would take the payload bytes past `budget` (unless it is the
-    first and `must_take`), after `max_records`, at `limit`, or at the first bad record. Returns the payloads
-    (if `keep`), the offset after the last good record, its payload bytes and the problem found.
-
-    Kept payloads are views into one read of about `budget` bytes: no copy per record, and the
-    memory goes back to the OS as a whole once the caller drops the views (a flush block). A scan
-    that keeps nothing reads `_READ_AHEAD` at a time.
-    """
-    out: list[memoryview] = []
-    taken = count = 0
-    buf, buf_at = memoryview(b""), offset
-    ahead = int(budget) + _READ_AHEAD if keep and budget != float("inf") else _READ_AHEAD
-
-    def get(at: int, n: int) -> memoryview:
-        nonlocal buf, buf_at
-        if buf_at <= at and at + n <= buf_at + len(buf):
-            return buf[at - buf_at : at - buf_at + n]
-        buf, buf_at = memoryview(os.pread(fd, max(n, min(ahead, limit - at)), at)), at
-        return buf if len(buf) <= n else buf[:n]
-
-    while offset < limit and (max_records is None or count < max_records):
-        if limit - offset < RECORD_OVERHEAD:
-            return out, offset, taken, "partial record header"
-        head = get(offset, RECORD_OVERHEAD)
-        if len(head) < RECORD_OVERHEAD:
-            return out, offset, taken, "short read"
-        length, crc = _REC_HEAD.unpack(head)
-        if length == 0 or offset + RECORD_OVERHEAD + length > limit:
-            return out, offset, taken, "bad record length"
-        if (count or not must_take) and taken + length > budget:
-            break
-        payload = get(offset + RECORD_OVERHEAD, length)
-        if len(payload) < length:
-            return out, offset, taken, "short read"
-        if crc32(payload) != crc:
-            return out, offset, taken, "checksum mismatch"
-        if keep:
-            out.append(payload)
-        taken, count = taken + length, count + 1
-        offset += RECORD_OVERHEAD + length
-    return out, offset, taken, None
 
 
 class Spool:
@@ -290,18 +193,7 @@ class Spool:
         except FileNotFoundError:
             return BEGINNING, None
         try:
-            magic, length, crc = _CKPT_HEAD.unpack_from(data)
-            body = data[_CKPT_HEAD.size : _CKPT_HEAD.size + length]
-            if magic != _CKPT_MAGIC or len(body) != length or crc32(body) != crc:
-                raise ValueError("bad magic, length or checksum")
-            fields = msgpack.unpackb(body, raw=False)
-            if fields["v"] != 1:
-                raise PermanentError(f"spool checkpoint version {fields['v']} is unsupported")
-            state = fields["state"]
-            position = Position(int(fields["segment"]), int(fields["offset"]))
-            if state is not None and not isinstance(state, bytes):
-                raise ValueError("state is not bytes")
-            return position, state
+            return decode_checkpoint(data)
         except (ValueError, TypeError, KeyError, struct.error, msgpack.UnpackException) as exc:
             # Replaying everything left is safe (the store deduplicates); refusing to start is not.
             log.error("spool_checkpoint_corrupt", directory=str(self._dir), error=str(exc))
@@ -466,11 +358,7 @@ class Spool:
             with self._lock:
                 if not self._cp <= position <= self._end:
                     raise ValueError(f"checkpoint {position} outside {self._cp}..{self._end}")
-            body = msgpack.packb(
-                {"v": 1, "segment": position.segment, "offset": position.offset, "state": state},
-                use_bin_type=True,
-            )
-            data = _CKPT_HEAD.pack(_CKPT_MAGIC, len(body), crc32(body)) + body
+            data = encode_checkpoint(position, state)
             tmp = self._dir / "checkpoint.tmp"
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -101,7 +101,7 @@ def listen(config: Config) -> list[socket.socket]:
 def run_preflight(config: Config) -> int:
     """`node.processes.preflight` in a short-lived child: its exit code (2 with the problem
     on stderr if the node cannot start). The supervisor lives as long as the node, so it keeps
-    out of its memory what only the children need (the stages, the price table: ~35 MB)."""
+    out of its memory what only the children need (the stages, the price table)."""
     return subprocess.run([sys.executable, str(RUN_PY), "_preflight"], env=_child_env(config)).returncode
 
 

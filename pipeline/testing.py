@@ -36,7 +36,7 @@ class FaultyStore:
     def _check(self) -> None:
         try:
             mode = self._control.read_text().strip()
-        except FileNotFoundError:
+        except FileNotFoundError:  # no control file: no fault injected, the store works
             return
         if mode == "permanent":
             raise PermanentError("injected permanent store failure")

@@ -118,6 +118,5 @@ async def run_front(
 def set_read_size(nbytes: int) -> None:
     """Hypercorn's largest socket read (INGEST_HTTP_READ_BYTES). Its config has no such option:
     the module reads this constant at every receive, so setting it here, before serving, is enough.
-    Measured: 100-span bodies came in ~5 reads of ~42 KB at 64 KiB, ~3 at 128 KiB, and the fronts
-    spent ~8 % less CPU per span (docs/PERFORMANCE.md)."""
+    Fewer, larger reads cost the fronts less CPU per span (docs/PERFORMANCE.md, "HTTP read size")."""
     hypercorn_tcp.MAX_RECV = nbytes

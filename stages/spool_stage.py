@@ -31,7 +31,6 @@ from stages.admission import QuotaLedger, month_of
 from stages.redis_quota import QuotaGate
 
 log = get_logger("spool_stage")
-SLOW_COMMIT_MS = 100.0
 
 
 def decide(
@@ -130,7 +129,7 @@ async def _commit_group(
         return
     commit_ms = (time.perf_counter() - started) * 1000
     metrics.spool_commit_seconds.observe(commit_ms / 1000)
-    if commit_ms > SLOW_COMMIT_MS:
+    if commit_ms > config.spool_slow_commit_ms:
         log.warning("slow_spool_commit", ms=round(commit_ms, 1), batches=len(admitted))
     _, unheard = expired(admitted, time.monotonic() - config.ack_grace_ms / 1000)
     if unheard:  # a commit slower than the grace: on disk, but their fronts have answered 503

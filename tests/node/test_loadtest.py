@@ -465,7 +465,7 @@ def test_run_prints_the_summary_as_json(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_run_creates_its_own_org_and_key(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.controlplane import ControlPlane
+    from pipeline.controlplane_sqlite import SqliteControlPlane as ControlPlane
 
     config = Config(data_dir=tmp_path)
 

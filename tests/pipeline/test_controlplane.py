@@ -15,15 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.controlplane import (
-    AUTHENTICATE_SQL,
-    SCHEMA_VERSION,
-    ApiKey,
-    ControlPlane,
-    ControlPlaneError,
-    Org,
-    parse_key_header,
-)
+from pipeline.controlplane import ApiKey, ControlPlaneError, Org, parse_key_header
+from pipeline.controlplane_sqlite import AUTHENTICATE_SQL, SCHEMA_VERSION
+from pipeline.controlplane_sqlite import SqliteControlPlane as ControlPlane
 from pipeline.errors import FoglampError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +77,7 @@ def test_reopening_keeps_data(db_path: Path) -> None:
 
 def test_several_processes_create_the_schema_at_once(db_path: Path) -> None:
     code = (
-        "import sys; from pipeline.controlplane import ControlPlane\n"
+        "import sys; from pipeline.controlplane_sqlite import SqliteControlPlane as ControlPlane\n"
         "cp = ControlPlane.open(sys.argv[1]); print(len(cp.list_orgs())); cp.close()"
     )
     procs = [
@@ -338,7 +332,7 @@ def test_revocation_from_another_process_is_seen_at_once(db_path: Path) -> None:
         kept, _ = worker.create_key("acme")
         assert worker.authenticate(key) == record
         done = run_python(
-            "import sys; from pipeline.controlplane import ControlPlane\n"
+            "import sys; from pipeline.controlplane_sqlite import SqliteControlPlane as ControlPlane\n"
             "cp = ControlPlane.open(sys.argv[1]); print(cp.revoke_key(sys.argv[2]).id); cp.close()",
             str(db_path),
             record.prefix,
@@ -354,7 +348,7 @@ def test_key_created_by_another_process_authenticates_at_once(db_path: Path) -> 
         worker.create_org("acme")
         assert worker.authenticate("fl_" + "a" * 40) is None
         done = run_python(
-            "import sys; from pipeline.controlplane import ControlPlane\n"
+            "import sys; from pipeline.controlplane_sqlite import SqliteControlPlane as ControlPlane\n"
             "cp = ControlPlane.open(sys.argv[1]); print(cp.create_key('acme')[0]); cp.close()",
             str(db_path),
         )

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from pipeline.errors import ConfigError
-from stages.price import Priced, PriceTable, name_variants, prices_command
+from stages.price import Priced, PriceTable, name_variants
+from stages.price_report import prices_command
 
 DAY = datetime.date(2025, 7, 1)
 M = 1_000_000
