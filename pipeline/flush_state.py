@@ -57,11 +57,12 @@ class FlushHealth:
     deadlettered_records: int = 0
 
 
-def status_reply(req_id: int, config: Config, spool: Spool, health: FlushHealth) -> StatusReply:
+def status_reply(req_id: int, config: Config, spool: Spool, health: FlushHealth, redis: str = "") -> StatusReply:
     return StatusReply(
         req_id=req_id,
         store_ok=health.store_ok,
         store_error=health.last_error,
         spool_pending_bytes=spool.pending_bytes(),
         spool_max_bytes=config.spool_max_bytes,
+        redis=redis,
     )

@@ -62,6 +62,8 @@ async def writer_readiness(send: trio.MemorySendChannel[Call], timeout_s: float)
         return 503, {"status": "degraded", "store": reply.store_error,
                      "spool_pending_bytes": reply.spool_pending_bytes,
                      "spool_max_bytes": reply.spool_max_bytes}  # fmt: skip
+    if reply.redis:  # still ready when Redis is down: admissions fall back to this node's share
+        return 200, {"status": "ready", "redis": reply.redis}
     return 200, {"status": "ready"}
 
 

@@ -94,6 +94,7 @@ class StatusReply(_Message, tag="status_reply"):
     store_error: str
     spool_pending_bytes: int
     spool_max_bytes: int
+    redis: str = ""  # admissions in Redis: "up", "down" (each node on its fallback share); "" not configured
 
 
 class Usage(_Message, tag="usage"):

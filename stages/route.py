@@ -51,6 +51,13 @@ class Routes:
     clock: Callable[[], float]
 
 
+def redis_state(routes: Routes) -> str:
+    """For /readyz: "" on a single node, else whether the cluster's admissions reach Redis."""
+    if routes.batcher is None:
+        return ""
+    return "up" if routes.batcher.admitter.redis_up else "down"
+
+
 def backed_up(routes: Routes) -> bool:
     return routes.spool.pending_bytes() >= routes.config.spool_high_water_bytes
 
@@ -84,7 +91,7 @@ async def dispatch(routes: Routes, message: WriterInbound, frame: bytearray, rep
     elif isinstance(message, Query):
         await answer_query(routes.store, message, reply)
     elif isinstance(message, Status):
-        reply(status_reply(message.req_id, routes.config, routes.spool, routes.health))
+        reply(status_reply(message.req_id, routes.config, routes.spool, routes.health, redis_state(routes)))
     elif isinstance(message, Usage):
         reply(usage_reply(message.req_id, routes.ledger, month_of(routes.clock())))
 

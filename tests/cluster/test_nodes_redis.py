@@ -70,12 +70,14 @@ def test_rate_limit_over_all_nodes_and_redis_outage(nodes: list[Node], env: dict
     print(f"Redis down: {ok} of 30 accepted in {elapsed:.2f} s (bound {3 * elapsed + 3:.1f})")
     assert ok <= 3 * elapsed + 3 + 3  # each node: rate 1/s, burst 1 -> R·T + R (+1 per node, rounding)
     assert [_redis_up(n) for n in nodes] == [0.0, 0.0, 0.0]
+    assert [httpx.get(f"{n.url}/readyz").json() for n in nodes] == [{"status": "ready", "redis": "down"}] * 3
 
     redis_server.start()
     time.sleep(1.5)
     ok, elapsed = _spread(nodes, key, 30, "c", accepted)
     assert 3 <= ok <= 3 * elapsed + 3
     assert [_redis_up(n) for n in nodes] == [1.0, 1.0, 1.0]
+    assert [httpx.get(f"{n.url}/readyz").json() for n in nodes] == [{"status": "ready", "redis": "up"}] * 3
 
     # The org's quota over all nodes: 4 + 4 + 4 crosses 10 (accepted whole), then refused everywhere.
     cli(nodes[0].data_dir, "orgs", "create", "small", "--monthly-span-quota", "10", env=env)
