@@ -263,7 +263,25 @@ def gzip_join(segments: list[bytes], glue: bytes, raw: bytes) -> bytes:
     return b"".join((_GZIP_HEADER, stored.join(segments), trailer))
 
 
-class BodyPool:
+class PooledBodies:
+    """Request bodies rendered once (`_first`) and re-rendered with a new stamp on reuse (`_render`)."""
+
+    size: int
+    _first: list[bytes]
+
+    def _render(self, index: int, epoch: int) -> bytes:
+        raise NotImplementedError
+
+    def body(self, seq: int) -> bytes:
+        epoch, index = divmod(seq, self.size)
+        return self._first[index] if epoch == 0 else self._render(index, epoch)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for b in self._first)
+
+
+class BodyPool(PooledBodies):
     """`size` distinct pre-encoded batches of `spans_per_request` spans each.
 
     `body(seq)` is the request body of request number `seq`: ids unique for every `seq`, in this
@@ -322,10 +340,3 @@ class BodyPool:
         """True when `body(seq)` compresses (worth running in a thread)."""
         return seq >= self.size and self.encoding == "zstd"
 
-    def body(self, seq: int) -> bytes:
-        epoch, index = divmod(seq, self.size)
-        return self._first[index] if epoch == 0 else self._render(index, epoch)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(b) for b in self._first)

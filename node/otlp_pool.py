@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from node.loadgen import PLACEHOLDER, _BatchBuilder, _Text
+from node.loadgen import PLACEHOLDER, PooledBodies, _BatchBuilder, _Text
 
 ENCODINGS = ("identity", "gzip")
 _KINDS = {"llm": Span.SPAN_KIND_CLIENT, "tool": Span.SPAN_KIND_INTERNAL, "retrieval": Span.SPAN_KIND_CLIENT}
@@ -113,7 +113,7 @@ def to_request(batch: dict[str, Any], body: int, placeholder: bytes) -> ExportTr
     return request
 
 
-class OtlpBodyPool:
+class OtlpBodyPool(PooledBodies):
     """`size` distinct OTLP protobuf bodies of `spans_per_request` spans each; `body(seq)` has
     trace ids unique for every `seq` (and across runs: the run id is random)."""
 
@@ -144,10 +144,3 @@ class OtlpBodyPool:
     def needs_work(self, seq: int) -> bool:
         return seq >= self.size and self.encoding == "gzip"
 
-    def body(self, seq: int) -> bytes:
-        epoch, index = divmod(seq, self.size)
-        return self._first[index] if epoch == 0 else self._render(index, epoch)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(b) for b in self._first)

@@ -202,16 +202,17 @@ def _text(value: Any) -> bytes | None:
     try:
         return _json.encode(value)
     except (TypeError, ValueError, OverflowError):  # bytes, NaN, huge ints: made JSON-safe first
-        return _json.encode(_jsonable(value))
+        return _json.encode(jsonable(value))
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """An attribute value as JSON can hold it: bytes as hex, NaN/inf as strings."""
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     return value

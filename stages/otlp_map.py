@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from stages.otlp_decode import Attributes, OtlpSpan
-from stages.otlp_io import IO_KEYS, IO_PREFIXES, extract_input, extract_output
+from stages.otlp_io import IO_KEYS, IO_PREFIXES, extract_input, extract_output, jsonable
 from stages.payload import Cost, Span, SpanKind, SpanStatus, Trace, Usage
 
 KINDS = frozenset({"llm", "embedding", "tool", "retrieval", "agent", "chain", "custom"})
@@ -473,19 +473,7 @@ def _scalar(value: Any) -> str | int | float | bool:
         return value.hex()
     if value is None:
         return ""
-    return _json.encode(_jsonable(value)).decode()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
+    return _json.encode(jsonable(value)).decode()
 
 
 _CONVERTERS = {"str": _str, "int": _int, "tags": _tags, "provider": _provider, "cost": _cost}
