@@ -35,6 +35,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     if "CLICKHOUSE_URL" in os.environ and os.environ.get("FOGLAMP_TEST_SERVER") == "1":
         env["CLICKHOUSE_URL"] = os.environ["CLICKHOUSE_URL"]
     env["FOGLAMP_NO_BOOTSTRAP"] = "1"
+    # The default disk reserve (256 MiB) would refuse batches on a test machine with little free
+    # disk; tests/e2e/test_disk_full.py tests the reserve with its own floor.
+    env["INGEST_MIN_FREE_DISK_BYTES"] = str(32 << 20)
     env.update(extra or {})
     return env
 
