@@ -31,7 +31,6 @@ import trio
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.disk import is_disk_full
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.flush_state import FlushHealth, FlushSignal
 from pipeline.log import get_logger
@@ -246,16 +245,7 @@ async def _insert_with_retry(config: Config, insert: Insert, block: Block, healt
             attempt += 1
             await trio.sleep(delay)
             continue
-        except PermanentError as exc:
-            if is_disk_full(exc):  # whatever the store called it, a full disk is an outage
-                health.store_ok, health.last_error = False, str(exc)
-                health.failures += 1
-                metrics.flush_failures.labels("retryable").inc()
-                delay = backoff_s(attempt, config.flush_retry_max_s)
-                log.warning("flush_failed_disk_full", error=str(exc), rows=block.row_count, retry_in_s=delay)
-                attempt += 1
-                await trio.sleep(delay)
-                continue
+        except PermanentError:  # a full disk never gets here: pipeline.store classifies it retryable
             health.failures += 1
             metrics.flush_failures.labels("permanent").inc()
             raise

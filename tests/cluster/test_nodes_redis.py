@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cluster.servers import RedisServer
+from tests.cluster.servers import RedisServer, three_nodes
 from tests.nodes import Node, batch, cli, query, span, trace
 
 
@@ -23,14 +23,8 @@ def env(pg_url: str, redis_server: RedisServer) -> dict[str, str]:
 
 @pytest.fixture
 def nodes(tmp_path: Path, env: dict[str, str]) -> Iterator[list[Node]]:
-    started = [Node(tmp_path / f"node{i}", workers=1, env=env) for i in range(3)]
-    try:
-        for node in started:
-            node.start()
+    with three_nodes(tmp_path, env) as started:
         yield started
-    finally:
-        for node in started:
-            node.stop()
 
 
 def _spread(nodes: list[Node], key: str, n: int, tag: str, accepted: set[tuple[int, str]]) -> tuple[int, float]:

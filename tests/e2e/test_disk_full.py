@@ -56,6 +56,20 @@ def big_batch(spans: int = 60) -> dict:
     return batch(trace(f"t-{uuid.uuid4().hex}", *[span(f"s{i}", input=pad) for i in range(spans)]))
 
 
+def post_until_refused(node: Node, key: str, client: httpx.Client) -> tuple[int, list[httpx.Response]]:
+    """Post big batches until 5 are refused (at most 150): the spans accepted, and the refusals."""
+    accepted, refused = 0, []
+    for _ in range(150):
+        response = node.post(big_batch(), key=key, client=client)
+        if response.status_code == 202:
+            accepted += response.json()["accepted"]
+        else:
+            refused.append(response)
+            if len(refused) >= 5:
+                break
+    return accepted, refused
+
+
 def test_a_full_disk_refuses_new_batches_then_recovers_and_loses_nothing(small_disk: Path) -> None:
     data_dir = small_disk / "data"
     env = {"INGEST_MIN_FREE_DISK_BYTES": str(FLOOR), "INGEST_SPOOL_SEGMENT_BYTES": str(4 * MiB),
@@ -65,19 +79,12 @@ def test_a_full_disk_refuses_new_batches_then_recovers_and_loses_nothing(small_d
         key = create_key(data_dir, create_org(data_dir, "acme"))
         ballast = small_disk / "ballast"
         fill(ballast, leave_free=FLOOR + 3 * MiB)
-        accepted, refused = 0, 0
         with httpx.Client() as client:
-            for _ in range(150):
-                response = node.post(big_batch(), key=key, client=client)
-                if response.status_code == 202:
-                    accepted += response.json()["accepted"]
-                else:
-                    assert response.status_code == 503, response.text
-                    assert response.json() == {"error": "overloaded"}
-                    refused += 1
-                    if refused >= 5:
-                        break
-            assert refused >= 5, "the floor never refused a batch"
+            accepted, refused = post_until_refused(node, key, client)
+            for response in refused:
+                assert response.status_code == 503, response.text
+                assert response.json() == {"error": "overloaded"}
+            assert len(refused) >= 5, "the floor never refused a batch"
             ready = client.get(f"{node.url}/readyz", timeout=10)
             assert ready.status_code == 503 and ready.json()["status"] == "degraded"
             assert "INGEST_MIN_FREE_DISK_BYTES" in ready.json()["disk"]
@@ -111,18 +118,11 @@ def test_without_a_floor_a_full_disk_is_retried_and_nothing_accepted_is_lost(sma
         key = create_key(data_dir, create_org(data_dir, "acme"))
         ballast = small_disk / "ballast"
         fill(ballast, leave_free=3 * MiB)
-        accepted, refused = 0, 0
         with httpx.Client() as client:
-            for _ in range(150):
-                response = node.post(big_batch(), key=key, client=client)
-                if response.status_code == 202:
-                    accepted += response.json()["accepted"]
-                else:
-                    assert response.status_code == 503, response.text
-                    refused += 1
-                    if refused >= 5:
-                        break
-            assert refused >= 5, "a full disk never refused a batch"
+            accepted, refused = post_until_refused(node, key, client)
+            for response in refused:
+                assert response.status_code == 503, response.text
+            assert len(refused) >= 5, "a full disk never refused a batch"
             time.sleep(2)  # the flush meets the full disk too
             assert node.process is not None and node.process.poll() is None, node.logs()
             ballast.unlink()
