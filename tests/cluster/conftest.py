@@ -28,4 +28,3 @@ def pg_url(pg: PgServer) -> str:
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
-
