@@ -125,8 +125,9 @@ class TreeSampler(threading.Thread):
                for pid, (role, seconds, _) in last[3].items() if pid in first[3]}  # fmt: skip
         by_process = {role: round(kb / 1024, 1) for role, _, kb in peak_rss[3].values()}
         pss = round(max(s[2] for s in inside) / 1024, 1)
+        cpu_s = sum(seconds - first[3][pid][1] for pid, (_, seconds, _) in last[3].items() if pid in first[3])
         return {"samples": len(inside), "peak_rss_mib": round(peak_rss[1] / 1024, 1), "peak_pss_mib": pss,
-                "cpu_percent": cpu, "peak_rss_by_process_mib": by_process}  # fmt: skip
+                "cpu_percent": cpu, "cpu_s": round(cpu_s, 3), "peak_rss_by_process_mib": by_process}  # fmt: skip
 
 
 @contextmanager

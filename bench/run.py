@@ -47,14 +47,15 @@ RUN_PY = str(REPO / "run.py")
 # Sizes and durations (seconds) of each phase; --duration overrides e2e_s.
 DEFAULT = {"e2e_s": 20.0, "phase80_s": 10.0, "overload_s": 10.0, "bare_s": 6.0, "validate_s": 2.0, "price_s": 2.0,
            "insert_rows": 200_000, "block_rows": 50_000, "concurrency": 32, "workers": 2, "spans": 100,
-           "max_connections": 1024, "drain_wait_s": 15.0}  # fmt: skip
+           "max_connections": 1024, "drain_wait_s": 15.0, "small_s": 10.0, "small_spans": 10,
+           "small_concurrency": 64}  # fmt: skip
 PLANS = {
     "default": DEFAULT,
     "quick": DEFAULT | {"e2e_s": 3.5, "phase80_s": 2, "overload_s": 2, "bare_s": 1.2, "validate_s": 0.4,
-                        "price_s": 0.4, "insert_rows": 50_000, "drain_wait_s": 5},
+                        "price_s": 0.4, "insert_rows": 50_000, "drain_wait_s": 5, "small_s": 2},
     "tiny": DEFAULT | {"e2e_s": 1, "phase80_s": 0.5, "overload_s": 0.5, "bare_s": 0.3, "validate_s": 0.1,
                        "price_s": 0.1, "insert_rows": 2_000, "block_rows": 1_000, "max_connections": 64,
-                       "drain_wait_s": 2, "spans": 20},
+                       "drain_wait_s": 2, "spans": 20, "small_s": 0.5, "small_concurrency": 8},
 }  # fmt: skip
 
 
@@ -165,6 +166,8 @@ def node_phases(plan: SimpleNamespace, data: Path) -> dict:
                                 "client_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
                                 "active_parts": active_parts(data),
                                 "process_tree": sampler.window(t0, t1 + lag)}  # fmt: skip
+            out["e2e"]["node_cpu_us_per_span"] = round(1e6 * out["e2e"]["process_tree"].get("cpu_s", 0)
+                                                       / max(stored, 1), 1)  # fmt: skip
             persisted_per_s = stored / (e2e["duration_s"] + lag)  # until the last row is in the store
             sustained = out["sustained_requests_per_s"] = round(max(persisted_per_s / plan.spans, 1.0), 1)
             accepted = e2e["spans_accepted"]
@@ -178,6 +181,19 @@ def node_phases(plan: SimpleNamespace, data: Path) -> dict:
             out["e2e_otlp"] = otlp | {"stored": otlp_stored, "flush_wait_s": lag,
                                       "persisted_spans_per_s": round(otlp_stored / (otlp["duration_s"] + lag)),
                                       "process_tree": sampler.window(t0, t1 + lag)}  # fmt: skip
+            # Small requests, as many SDK processes flush them: closed loop, more connections.
+            t0 = time.monotonic()
+            small = load(info["url"], key, plan.small_s, plan.small_concurrency, plan.small_spans)
+            t1 = time.monotonic()
+            accepted += small["spans_accepted"]
+            stored, lag = wait_stored(data, accepted)
+            small_stored = stored - out["e2e"]["stored"] - otlp_stored
+            tree = sampler.window(t0, t1 + lag)
+            out["small"] = small | {"stored": small_stored, "flush_wait_s": lag, "process_tree": tree,
+                                    "stored_requests_per_s": round(small_stored / plan.small_spans
+                                                                   / (small["duration_s"] + lag), 1),
+                                    "node_cpu_ms_per_request": round(1000 * tree.get("cpu_s", 0)
+                                                                     / max(small["requests"], 1), 3)}  # fmt: skip
             for name, factor, duration in (("at_80", 0.8, plan.phase80_s), ("overload", 2.0, plan.overload_s)):
                 rate = sustained * factor
                 conns = 64 if factor < 1 else min(plan.max_connections, math.ceil(rate * 1.5) + plan.concurrency)
@@ -216,6 +232,7 @@ def render(r: dict) -> str:
     m, c, n, ra, plan = r["machine"], r["ceilings"], r["node"], r["ratios"], r["plan"]
     workers, spans = plan["workers"], plan["spans"]
     e2e, p80, over, ins, dv = n["e2e"], n["at_80"], n["overload"], c["raw_insert"], c["decode_validate"]
+    sm, bare_small = n["small"], c["hypercorn_bare"]["asgi_small"]
     rows = [
         ("**e2e persisted spans/s** (count FINAL / time until stored)",
          f"**{e2e['persisted_spans_per_s']:,}**",
@@ -226,6 +243,13 @@ def render(r: dict) -> str:
             f"**{n['e2e_otlp']['persisted_spans_per_s']:,}**",
             f"{n['e2e_otlp']['spans_accepted']:,} accepted in {n['e2e_otlp']['duration_s']} s; "
             + _outcome(n["e2e_otlp"]))] if "e2e_otlp" in n else []),
+        ("e2e node CPU per stored span", f"{e2e['node_cpu_us_per_span']} µs",
+         f"CPU seconds of the node's process tree from the start of the load until the last row was stored, "
+         f"÷ rows stored ({e2e['process_tree'].get('cpu_s', 0)} s)"),
+        (f"**{plan['small_spans']}-span requests stored/s** ({plan['small_concurrency']} connections)",
+         f"**{sm['stored_requests_per_s']:,}**",
+         f"{sm['stored']:,} spans stored in {sm['duration_s']} s + {sm['flush_wait_s']} s; node CPU "
+         f"{sm['node_cpu_ms_per_request']} ms per request; " + _outcome(sm)),
         ("e2e node process tree", f"{e2e['process_tree'].get('peak_rss_mib', 0):.0f} MiB",
          f"{_tree(e2e['process_tree'])}; load client {e2e['client_cpu_percent']:.0f}%"),
         *[(f"raw chDB insert rows/s, {when}", f"{i['rows_per_s']:,}", f"{i['rows']:,} rows, {i['blocks']} blocks of "
@@ -243,6 +267,8 @@ def render(r: dict) -> str:
         *[(f"Hypercorn bare POST, {label}, {workers} processes", f"{b['requests_per_s']} req/s",
            f"= {b['spans_per_s']:,.0f} spans/s; {_outcome(b)}")
           for label, b in (("raw ASGI", c["hypercorn_bare"]["asgi"]), ("Quart-Trio", c["hypercorn_bare"]["quart"]))],
+        (f"Hypercorn bare POST, raw ASGI, {workers} processes, {plan['small_spans']}-span bodies, "
+         f"{plan['small_concurrency']} connections", f"{bare_small['requests_per_s']} req/s", _outcome(bare_small)),
         *[(f"{name}: open loop {p['rate_requests_per_s']} req/s, {p['connections']} connections",
            f"p99 {p['latency_ms']['p99']:.0f} ms",
            f"{_outcome(p)}; {_tree(p['process_tree'])}; then {p['active_parts']} active parts")
@@ -260,6 +286,9 @@ def render(r: dict) -> str:
         *([("OTLP protobuf / v1 JSON, persisted spans/s", round(n["e2e_otlp"]["persisted_spans_per_s"]
             / max(e2e["persisted_spans_per_s"], 1), 3), ">= 0.8", n["e2e_otlp"]["persisted_spans_per_s"]
             >= 0.8 * e2e["persisted_spans_per_s"])] if "e2e_otlp" in n else []),
+        (f"{plan['small_spans']}-span requests stored/s ÷ bare Hypercorn's answered/s (same bodies, client, "
+         "connections)", round(sm["stored_requests_per_s"] / max(bare_small["requests_per_s"], 1), 3), ">= 0.7",
+         sm["stored_requests_per_s"] >= 0.7 * bare_small["requests_per_s"]),
         ("p99 of 202s at 80 % of sustained", f"{p80['latency_ms']['p99']:.0f} ms", "< 250 ms",
          p80["latency_ms"]["p99"] < 250),
         ("peak RSS of the node tree under 2x overload", f"{over_rss:.0f} MiB", "< 1024 MiB", over_rss < 1024),
@@ -326,6 +355,9 @@ def run(plan: SimpleNamespace, command: str) -> dict:
     for kind in ("asgi", "quart"):
         with ceilings.bare_hypercorn(kind, plan.workers, plan.spans) as url:
             c["hypercorn_bare"][kind] = load(url, "fl_bare", plan.bare_s, plan.concurrency, plan.spans)
+    # The small-request ceiling: the same client and connections as the node's small phase.
+    with ceilings.bare_hypercorn("asgi", plan.workers, plan.small_spans) as url:
+        c["hypercorn_bare"]["asgi_small"] = load(url, "fl_bare", plan.bare_s, plan.small_concurrency, plan.small_spans)
     with tempfile.TemporaryDirectory(prefix="foglamp-bench-") as tmp:
         results["node"] = node_phases(plan, Path(tmp) / "data")
     # The store's ceiling drifts by 10-20 % within minutes on a shared machine: it is measured

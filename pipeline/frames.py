@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import trio
@@ -45,9 +45,17 @@ class FrameBuffer:
         self._buf = bytearray()
 
     def encode(self, message: Any) -> bytearray:
-        self._encode_into(message, self._buf, _HEADER.size)
-        _HEADER.pack_into(self._buf, 0, len(self._buf) - _HEADER.size)
-        return self._buf
+        return self.encode_all((message,))
+
+    def encode_all(self, messages: Iterable[Any]) -> bytearray:
+        """Frame each message, back to back: what one `send_all` sends."""
+        buf, start = self._buf, 0
+        for message in messages:
+            self._encode_into(message, buf, start + _HEADER.size)
+            _HEADER.pack_into(buf, start, len(buf) - start - _HEADER.size)
+            start = len(buf)
+        del buf[start:]
+        return buf
 
 
 def recv_frame(sock: socket.socket) -> bytes:

@@ -32,6 +32,9 @@ from pipeline.log import get_logger
 
 log = get_logger("link")
 
+# At most this many calls share one send (bounds the frame buffer a burst of Appends can grow).
+_COALESCE_CALLS = 16
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -133,11 +136,15 @@ async def _serve_connection(
         nursery.start_soon(read_replies)
         try:
             async for item in receive:
-                req_id = next(ids)
-                pending[req_id] = item.reply
+                # Every call already waiting goes out in the same send: one syscall on each side.
+                batch = [item, *_waiting(receive, _COALESCE_CALLS - 1)]
+                messages_out = []
+                for call_ in batch:
+                    req_id = next(ids)
+                    pending[req_id] = call_.reply
+                    messages_out.append(msgspec.structs.replace(call_.message, req_id=req_id))
                 try:
-                    message = msgspec.structs.replace(item.message, req_id=req_id)
-                    await stream.send_all(out.encode(message))
+                    await stream.send_all(out.encode_all(messages_out))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     nursery.cancel_scope.cancel()
                     return False
@@ -152,6 +159,17 @@ async def _serve_connection(
             # nobody will answer what is still pending here.
             _answer_none(pending)
     return False
+
+
+def _waiting(receive: trio.MemoryReceiveChannel[Call], most: int) -> list[Call]:
+    """Up to `most` calls already in the channel, without waiting."""
+    taken: list[Call] = []
+    while len(taken) < most:
+        try:
+            taken.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    return taken
 
 
 def _answer_none(pending: dict[int, trio.MemorySendChannel[messages.Message | None]]) -> None:
