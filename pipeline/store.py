@@ -38,8 +38,10 @@ from pipeline.priority import StorePriority, name_this_thread, renice_this_threa
 
 log = get_logger("store")
 T = TypeVar("T")
-# Rows in `FORMAT MsgPack`: one buffer, or several inserted back to back as one block (no join).
+# Rows in `RowFormat`: one buffer, or several inserted back to back (no join).
 Rows = bytes | Sequence[bytes | bytearray | memoryview]
+# ClickHouse input formats of the rows the node inserts: Native blocks, or MsgPack rows.
+RowFormat = Literal["Native", "MsgPack"]
 
 # ClickHouse error codes worth retrying: timeouts, memory, too many parts/queries, shutdown, and
 # a full disk (75 CANNOT_WRITE_TO_FILE_DESCRIPTOR, 243 NOT_ENOUGH_SPACE, 1001 with ENOSPC inside).
@@ -53,7 +55,9 @@ class Store(Protocol):
 
     def command(self, sql: str) -> None: ...
 
-    def insert_msgpack(self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str) -> None: ...
+    def insert_rows(
+        self, table: str, columns: Sequence[str], data: Rows, *, fmt: RowFormat, dedup_token: str
+    ) -> None: ...
 
     def query(self, sql: str, fmt: str) -> bytes: ...
 
@@ -68,9 +72,10 @@ class ClickHouseStore:
         with translate_errors():
             self._client.command(sql)
 
-    def insert_msgpack(self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str) -> None:
-        """Insert rows already encoded in ClickHouse's `FORMAT MsgPack`, as one block. Several
-        buffers are streamed to the client one after the other, never joined in memory."""
+    def insert_rows(self, table: str, columns: Sequence[str], data: Rows, *, fmt: RowFormat, dedup_token: str) -> None:
+        """Insert rows already encoded in ClickHouse's `FORMAT <fmt>` (Native blocks, or MsgPack
+        rows), as one insert. Several buffers are streamed to the client one after the other,
+        never joined in memory."""
         settings = {
             "insert_deduplication_token": dedup_token,
             # A batch spanning many months must not be refused: it was accepted already.
@@ -82,7 +87,7 @@ class ClickHouseStore:
         with translate_errors():
             # The client takes an iterable of bytes: each buffer is copied on its own, never joined.
             block = data if isinstance(data, bytes) else (bytes(chunk) for chunk in data)
-            self._client.raw_insert(table, list(columns), insert_block=block, fmt="MsgPack", settings=settings)
+            self._client.raw_insert(table, list(columns), insert_block=block, fmt=fmt, settings=settings)
 
     def query(self, sql: str, fmt: str) -> bytes:
         """Run a read query; `fmt` is one of QUERY_FORMATS' keys (json, tsv, table)."""
@@ -230,13 +235,13 @@ class AsyncStore:
     async def command(self, sql: str) -> None:
         await self._run(lambda store: store.command(sql))
 
-    async def insert_msgpack(
-        self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str, urgent: bool = False
+    async def insert_rows(
+        self, table: str, columns: Sequence[str], data: Rows, *, fmt: RowFormat, dedup_token: str, urgent: bool = False
     ) -> None:
         """Insert through a free handle (see `inserts`); waits while all of them are busy."""
         async with self._insert_slots:
             lane = next((lane for lane in self._lanes if not lane.lock.locked()), self._lanes[0])
-            await self._run(lambda s: s.insert_msgpack(table, columns, data, dedup_token=dedup_token),
+            await self._run(lambda s: s.insert_rows(table, columns, data, fmt=fmt, dedup_token=dedup_token),
                             urgent=urgent, lane=lane)  # fmt: skip
 
     async def query(self, sql: str, fmt: str) -> bytes:

@@ -52,9 +52,9 @@ def test_schema_is_idempotent_and_inserts_deduplicate(store_and_db) -> None:
     for statement in ddl(database):  # a second start
         store.command(statement)
     table = f"`{database}`.`{TABLE}`"
-    store.insert_msgpack(table, COLUMN_NAMES, rows(10), dedup_token="a")
-    store.insert_msgpack(table, COLUMN_NAMES, rows(10), dedup_token="a")  # a retried insert
-    store.insert_msgpack(table, COLUMN_NAMES, rows(10), dedup_token="b")  # a replay
+    store.insert_rows(table, COLUMN_NAMES, rows(10), fmt="MsgPack", dedup_token="a")
+    store.insert_rows(table, COLUMN_NAMES, rows(10), fmt="MsgPack", dedup_token="a")  # a retried insert
+    store.insert_rows(table, COLUMN_NAMES, rows(10), fmt="MsgPack", dedup_token="b")  # a replay
     assert json.loads(store.query(f"SELECT count() AS c FROM {table} FINAL", "json")) == {"c": 10}
     row = json.loads(store.query(f"SELECT input, priced, total_cost FROM {table} FINAL LIMIT 1", "json"))
     assert row == {"input": '{"a":1}', "priced": False, "total_cost": None}
