@@ -28,7 +28,6 @@ from itertools import chain
 from typing import Any
 
 import _ch_core  # type: ignore[import-untyped]  # clickhouse-connect-core: Native codec
-import numpy as np
 
 from stages.schema import COLUMNS
 
@@ -199,12 +198,17 @@ def stitch(batches: Sequence[tuple[int, Sequence[memoryview]]]) -> bytes:
 
 def _rebased_offsets(batches: Sequence[tuple[int, Sequence[memoryview]]], stream: int) -> bytes:
     """An Array column's offsets of every batch, each batch's shifted by the elements before it."""
-    views = [streams[stream] for _, streams in batches]
-    counts = [rows for rows, _ in batches]
-    if any(len(view) != 8 * rows for view, rows in zip(views, counts, strict=True)):
-        raise ValueError("Native rows: Array offsets do not match the rows")
-    ends = [int.from_bytes(view[-8:], "little") if len(view) else 0 for view in views]
-    offsets = np.frombuffer(b"".join(views), dtype="<u8").copy()
-    bases = np.cumsum([0, *ends[:-1]], dtype=np.uint64)
-    offsets += np.repeat(bases, counts)
-    return offsets.tobytes()
+    parts: list[bytes | memoryview] = []
+    base = 0
+    for rows, streams in batches:
+        view = streams[stream]
+        if len(view) != 8 * rows:
+            raise ValueError("Native rows: Array offsets do not match the rows")
+        if not rows:
+            continue
+        if base:
+            parts.append(struct.pack(f"<{rows}Q", *[offset + base for offset in struct.unpack(f"<{rows}Q", view)]))
+        else:
+            parts.append(view)
+        base += int.from_bytes(view[-8:], "little")
+    return b"".join(parts)
