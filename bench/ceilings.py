@@ -170,7 +170,7 @@ def raw_insert_child(
 
     def join(batches: list[tuple[bytes, int]]) -> bytes:
         if native:
-            return stitch([(count, unpack_streams(memoryview(data))) for data, count in batches])
+            return b"".join(stitch([(count, unpack_streams(memoryview(data))) for data, count in batches]))
         return b"".join(data for data, _ in batches)
 
     blocks, parts, in_block, built, seq, warm_rows = [], [], 0, 0, 0, b""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -85,8 +85,7 @@ class ClickHouseStore:
             "insert_distributed_sync": 1,
         }
         with translate_errors():
-            # The client takes an iterable of bytes: each buffer is copied on its own, never joined.
-            block = data if isinstance(data, bytes) else (bytes(chunk) for chunk in data)
+            block = data if isinstance(data, bytes) else _chunks(data)
             self._client.raw_insert(table, list(columns), insert_block=block, fmt=fmt, settings=settings)
 
     def query(self, sql: str, fmt: str) -> bytes:
@@ -102,6 +101,28 @@ def open_store(url: str) -> ClickHouseStore:
     """Open the store at `url` (chdb:// or http(s)://). Raises RetryableError if unreachable."""
     with translate_errors():
         return ClickHouseStore(clickhouse_connect.get_client(dsn=url))
+
+
+_CHUNK_BYTES = 256 << 10
+
+
+def _chunks(data: Sequence[bytes | bytearray | memoryview]) -> Iterator[bytes]:
+    """The buffers as bytes of about `_CHUNK_BYTES` each, the form the client takes: small ones
+    joined (a Native block is thousands of small views), big ones cut, so the client makes few
+    writes and no copy is one big allocation (each would be a fresh mmap, page-faulted in)."""
+    group: list[memoryview] = []
+    size = 0
+    for buffer in data:
+        view = memoryview(buffer)
+        for at in range(0, len(view), _CHUNK_BYTES):
+            piece = view[at : at + _CHUNK_BYTES]
+            group.append(piece)
+            size += len(piece)
+            if size >= _CHUNK_BYTES:
+                yield b"".join(group)
+                group, size = [], 0
+    if group:
+        yield b"".join(group)
 
 
 class translate_errors:

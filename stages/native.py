@@ -173,10 +173,12 @@ def _header(name: str, kind: str) -> bytes:
 _COLUMN_HEADERS = [_header(name, kind) for (name, _), kind in zip(COLUMNS, NATIVE_TYPES, strict=True)]
 
 
-def stitch(batches: Sequence[tuple[int, Sequence[memoryview]]]) -> bytes:
+def stitch(batches: Sequence[tuple[int, Sequence[memoryview]]]) -> list[bytes | memoryview]:
     """One Native block (header included) of `batches`, each `(rows, its streams)` as
-    `encode_streams` made them. Plain function. ValueError if a batch has the wrong number of
-    streams or an Array's offsets do not match its rows."""
+    `encode_streams` made them, as buffers to write back to back: the batches' streams as they
+    are (views), new bytes only for the headers and rebased Array offsets. Plain function.
+    ValueError if a batch has the wrong number of streams or an Array's offsets do not match its
+    rows."""
     expected = len(STREAMS_PER_COLUMN) + sum(n - 1 for n in STREAMS_PER_COLUMN)
     for _, streams in batches:
         if len(streams) != expected:
@@ -193,7 +195,7 @@ def stitch(batches: Sequence[tuple[int, Sequence[memoryview]]]) -> bytes:
         for extra in range(stream + 1, stream + count):
             parts.extend(streams[extra] for _, streams in batches)
         stream += count
-    return b"".join(parts)
+    return parts
 
 
 def _rebased_offsets(batches: Sequence[tuple[int, Sequence[memoryview]]], stream: int) -> bytes:

@@ -113,7 +113,9 @@ def test_streams_pack_and_unpack_as_views() -> None:
 
 def test_a_stitched_block_stores_the_same_rows_as_msgpack(store: ClickHouseStore) -> None:
     batches = [(len(rows), unpack_streams(_native(rows))) for rows in BATCHES]
-    store.insert_rows("native.spans", COLUMN_NAMES, stitch(batches), fmt="Native", dedup_token="n")
+    block = stitch(batches)
+    assert sum(map(len, block)) > len(BIG) and any(isinstance(part, memoryview) for part in block)  # views
+    store.insert_rows("native.spans", COLUMN_NAMES, block, fmt="Native", dedup_token="n")
     store.insert_rows("msgpack.spans", COLUMN_NAMES, [encode_rows(rows) for rows in BATCHES], fmt="MsgPack",
                       dedup_token="m")  # fmt: skip
     native, msgpack = _stored(store, "native"), _stored(store, "msgpack")
