@@ -87,6 +87,8 @@ def _null_map(values: Column) -> bytes:
 
 def _string(kind: str) -> Callable[[Column], Streams]:
     def encode(values: Column) -> Streams:
+        if len(values) > 1 and values.count(values[0]) == len(values):  # one value (an org id): repeat it
+            return [encode(values[:1])[0] * len(values)]
         if values and type(values[0]) is bytes:  # noqa: E721 (exact type: the bytes fast path)
             try:
                 return [_bytes_strings(values)]
@@ -101,6 +103,8 @@ _strings = _string("String")
 
 
 def _nullable_string(values: Column) -> Streams:
+    if values.count(None) == len(values):
+        return [b"\x01" * len(values), b"\x00" * len(values)]  # every one Null: empty strings
     if None not in values:
         return [bytes(len(values)), *_strings(values)]
     first = next((value for value in values if value is not None), None)
