@@ -4,7 +4,9 @@
 
 The node's own rows (loadgen bodies of 100 spans → decode_batch → priced_rows), then, per round
 and alternating the order of the cases:
-- front: `priced_rows` CPU per row (price + rows + encode), MsgPack and Native;
+- front: `priced_rows` CPU per row (price + rows + encode), MsgPack and Native, and the encoding
+  alone (`stages.rows.encode_rows` / `stages.native.encode_streams` + `pack_streams` of the same
+  row tuples);
 - writer: the stitch of Native batches into flush blocks (`stages.native.stitch`: the block as
   views and new headers; the bytes are copied as the store writes them, in the insert), CPU per row;
 - store: inserting the same rows into a fresh database of one embedded store, in flush-sized
@@ -17,6 +19,7 @@ Prints one JSON object: every round's numbers and their medians.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import tempfile
@@ -45,11 +48,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from node.loadgen import BodyPool
-    from pipeline.messages import ROWS_MSGPACK, ROWS_NATIVE, unpack_streams
+    from pipeline.messages import ROWS_MSGPACK, ROWS_NATIVE, pack_streams, unpack_streams
     from pipeline.store import open_store
-    from stages.native import stitch
+    from stages.native import encode_streams, stitch
     from stages.price import PriceTable
-    from stages.price_stage import priced_rows
+    from stages.price_stage import priced_rows, span_rows
+    from stages.rows import encode_rows
     from stages.schema import COLUMN_NAMES, TABLE, ddl
     from stages.validate import decode_batch
 
@@ -64,8 +68,12 @@ def main() -> None:
                            rows_format=formats[fmt]) for b in decoded]  # fmt: skip
         return out, time.process_time() - cpu
 
+    tuples = [span_rows(b, "org_bench", table, ingested_at_ms=now_ms, max_io_bytes=256 * 1024)  # type: ignore[arg-type]
+              for b in decoded]  # fmt: skip
+    encoders = {"msgpack": encode_rows, "native": lambda rows: pack_streams(encode_streams(rows))}
     batches = {fmt: encode(fmt)[0] for fmt in formats}
     rows = sum(n for _, n in batches["native"])
+    gc.freeze()  # the rows built above (millions of objects) are not what a collection should cost here
     results: dict[str, list[float]] = {}
 
     def note(key: str, value: float) -> None:
@@ -81,6 +89,10 @@ def main() -> None:
                 order = list(formats) if rnd % 2 == 0 else list(reversed(formats))
                 for fmt in order:
                     note(f"front_priced_rows_us_per_row_{fmt}", encode(fmt)[1] / rows * 1e6)
+                    cpu = time.process_time()
+                    for batch_rows in tuples:
+                        encoders[fmt](batch_rows)
+                    note(f"front_encode_only_us_per_row_{fmt}", (time.process_time() - cpu) / rows * 1e6)
                 for fmt in order:
                     blocks = _blocks(batches[fmt], args.block_mib << 20)
                     cpu = time.process_time()

@@ -89,7 +89,7 @@ def _string(kind: str) -> Callable[[Column], Streams]:
     def encode(values: Column) -> Streams:
         if len(values) > 1 and values.count(values[0]) == len(values):  # one value (an org id): repeat it
             return [encode(values[:1])[0] * len(values)]
-        if values and type(values[0]) is bytes:  # noqa: E721 (exact type: the bytes fast path)
+        if values and type(values[0]) is bytes:  # the bytes fast path
             try:
                 return [_bytes_strings(values)]
             except TypeError:  # a str among them
@@ -108,7 +108,7 @@ def _nullable_string(values: Column) -> Streams:
     if None not in values:
         return [bytes(len(values)), *_strings(values)]
     first = next((value for value in values if value is not None), None)
-    if type(first) is bytes:  # noqa: E721
+    if type(first) is bytes:
         filled = [b"" if value is None else value for value in values]
         return [_null_map(values), *_strings(filled)]
     data = _core("Nullable(String)", values)
@@ -123,7 +123,9 @@ def _array(kind: str) -> Callable[[Column], Streams]:
     return encode
 
 
-def _fixed(code: str, null: object = None) -> Callable[[Column], Streams]:
+def _fixed(code: str, null: float | None = None) -> Callable[[Column], Streams]:
+    """A fixed-width column of `struct` type `code`; Nullable if `null` is the value a Null's slot holds."""
+
     def encode(values: Column) -> Streams:
         if null is None:
             return [struct.pack(f"<{len(values)}{code}", *values)]
@@ -183,7 +185,7 @@ def stitch(batches: Sequence[tuple[int, Sequence[memoryview]]]) -> list[bytes | 
     are (views), new bytes only for the headers and rebased Array offsets. Plain function.
     ValueError if a batch has the wrong number of streams or an Array's offsets do not match its
     rows."""
-    expected = len(STREAMS_PER_COLUMN) + sum(n - 1 for n in STREAMS_PER_COLUMN)
+    expected = sum(STREAMS_PER_COLUMN)
     for _, streams in batches:
         if len(streams) != expected:
             raise ValueError(f"Native rows with {len(streams)} streams, expected {expected}")

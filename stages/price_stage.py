@@ -54,8 +54,20 @@ def priced_rows(
     batch: Batch, org_id: str, table: PriceTable, *, ingested_at_ms: int, max_io_bytes: int,
     aggregate_kinds: frozenset[str] = frozenset(), rows_format: int = ROWS_NATIVE,
 ) -> tuple[bytes, int]:
-    """The batch's rows, priced and encoded for the store in `rows_format` (`pipeline.messages`:
-    Native streams, or MsgPack), and their count. Plain function.
+    """The batch's rows (`span_rows`) encoded for the store in `rows_format` (`pipeline.messages`:
+    Native streams, or MsgPack), and their count. Plain function."""
+    rows = span_rows(batch, org_id, table, ingested_at_ms=ingested_at_ms, max_io_bytes=max_io_bytes,
+                     aggregate_kinds=aggregate_kinds)  # fmt: skip
+    if rows_format == ROWS_MSGPACK:
+        return encode_rows(rows), len(rows)
+    return pack_streams(encode_streams(rows)), len(rows)
+
+
+def span_rows(
+    batch: Batch, org_id: str, table: PriceTable, *, ingested_at_ms: int, max_io_bytes: int,
+    aggregate_kinds: frozenset[str] = frozenset(),
+) -> list[tuple]:
+    """The batch's rows, priced (`stages.rows.span_row` tuples). Plain function.
     Spans of `aggregate_kinds` (OTLP agent/chain spans: usage summed over their children) keep
     their tokens but are not priced, unless the caller gave a cost (OTLP.md §2)."""
     rows = []
@@ -80,6 +92,4 @@ def priced_rows(
             )
             rows.append(span_row(org_id, trace, span, price, ingested_at_ms=ingested_at_ms,
                                  max_io_bytes=max_io_bytes))  # fmt: skip
-    if rows_format == ROWS_MSGPACK:
-        return encode_rows(rows), len(rows)
-    return pack_streams(encode_streams(rows)), len(rows)
+    return rows
