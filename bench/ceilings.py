@@ -1,7 +1,9 @@
 """The ceilings `bench/run.py` compares the node with, and the probes it watches the node with.
 
     raw insert      the node's own rows (loadgen bodies → decode_batch → priced_rows) into a fresh embedded
-                    chDB store in big blocks (`ClickHouseStore.insert_msgpack`), in a child process
+                    chDB store in big blocks (`ClickHouseStore.insert_rows`), in a child process, in
+                    `FORMAT MsgPack` (default) or Native (`fmt="Native"`: each block the bodies' column
+                    streams stitched into one Native block, as the node's flush does)
     hypercorn bare  Hypercorn (trio) answering 202 to the same POSTs, `workers` processes sharing one
                     socket as the node's fronts do, raw ASGI or Quart-Trio (`bare-server FD APP SPANS`)
     TreeSampler     VmRSS / PSS / CPU time of a process and all its descendants, every 0.5 s
@@ -149,27 +151,40 @@ def retry_after_seen() -> Iterator[dict[str, int]]:
 
 
 # --------------------------------------------------------------------------- raw store insert
-def raw_insert_child(rows_wanted: int, block_rows: int, streams: int = 1, spans_per_body: int = 100) -> dict:
+def raw_insert_child(
+    rows_wanted: int, block_rows: int, streams: int = 1, spans_per_body: int = 100, fmt: str = "MsgPack"
+) -> dict:
     """In this process: build ~`rows_wanted` node rows, insert them in `block_rows` blocks, through
-    `streams` handles at once (one thread each, blocks dealt round-robin)."""
+    `streams` handles at once (one thread each, blocks dealt round-robin), in `fmt` ("MsgPack" or
+    "Native")."""
     from node.loadgen import BodyPool
+    from pipeline.messages import ROWS_MSGPACK, ROWS_NATIVE, unpack_streams
     from pipeline.store import open_store
+    from stages.native import stitch
     from stages.price import PriceTable
     from stages.price_stage import priced_rows
     from stages.schema import COLUMN_NAMES, TABLE, ddl
     from stages.validate import decode_batch
 
     pool, table = BodyPool(min(64, rows_wanted // spans_per_body + 1), spans_per_body, "json"), PriceTable.load()
+    native = fmt == "Native"
+
+    def join(batches: list[tuple[bytes, int]]) -> bytes:
+        if native:
+            return b"".join(stitch([(count, unpack_streams(memoryview(data))) for data, count in batches]))
+        return b"".join(data for data, _ in batches)
+
     blocks, parts, in_block, built, seq, warm_rows = [], [], 0, 0, 0, b""
     started = time.perf_counter()
     while built < rows_wanted:
         batch, now_ms = decode_batch(pool.body(seq), "json"), int(time.time() * 1000)
-        data, count = priced_rows(batch, "org_bench", table, ingested_at_ms=now_ms, max_io_bytes=256 * 1024)  # type: ignore[arg-type]
-        parts.append(data)
-        warm_rows = warm_rows or data  # the first body, inserted again untimed first
+        data, count = priced_rows(batch, "org_bench", table, ingested_at_ms=now_ms, max_io_bytes=256 * 1024,  # type: ignore[arg-type]
+                                  rows_format=ROWS_NATIVE if native else ROWS_MSGPACK)  # fmt: skip
+        parts.append((data, count))
+        warm_rows = warm_rows or join([(data, count)])  # the first body, inserted again untimed first
         in_block, built, seq = in_block + count, built + count, seq + 1
         if in_block >= block_rows or built >= rows_wanted:
-            blocks.append((b"".join(parts), in_block))
+            blocks.append((join(parts), in_block))
             parts, in_block = [], 0
     build_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="bench-chdb-") as tmp:
@@ -180,13 +195,14 @@ def raw_insert_child(rows_wanted: int, block_rows: int, streams: int = 1, spans_
                 stores[0].command(statement)
             target = f"foglamp.{TABLE}"
             for i, store in enumerate(stores):
-                store.insert_msgpack(target, COLUMN_NAMES, warm_rows, dedup_token=f"warm-up-{i}")
+                store.insert_rows(target, COLUMN_NAMES, warm_rows, fmt=fmt, dedup_token=f"warm-up-{i}")  # type: ignore[arg-type]
             times: list[float] = [0.0] * len(blocks)
 
             def insert_every(k: int) -> None:  # this stream's share of the blocks
                 for i in range(k, len(blocks), streams):
                     t = time.perf_counter()
-                    stores[k].insert_msgpack(target, COLUMN_NAMES, blocks[i][0], dedup_token=f"bench-{i}")
+                    stores[k].insert_rows(target, COLUMN_NAMES, blocks[i][0], fmt=fmt,  # type: ignore[arg-type]
+                                          dedup_token=f"bench-{i}")
                     times[i] = time.perf_counter() - t
 
             threads = [threading.Thread(target=insert_every, args=(k,)) for k in range(streams)]
@@ -202,7 +218,7 @@ def raw_insert_child(rows_wanted: int, block_rows: int, streams: int = 1, spans_
                 store.close()
     inserted = sum(n for _, n in blocks)
     size = sum(len(d) for d, _ in blocks)
-    return {"rows": inserted, "blocks": len(blocks), "block_rows": block_rows, "streams": streams,
+    return {"rows": inserted, "blocks": len(blocks), "block_rows": block_rows, "streams": streams, "format": fmt,
             "rows_stored": stored - spans_per_body * streams,
             "block_mib": round(size / len(blocks) / 2**20, 1), "bytes_per_row": round(size / inserted),
             "rows_per_s": round(inserted / wall), "block_ms": [round(t * 1000, 1) for t in times],
@@ -222,9 +238,12 @@ def store_env(*, node_allocator: bool = True) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
 
 
-def measure_raw_insert(rows: int, block_rows: int, streams: int = 1, *, node_allocator: bool = True) -> dict:
-    """The raw insert ceiling, in a child process of its own (the embedded store allows one owner)."""
-    argv = [sys.executable, "-m", "bench.ceilings", "raw-insert", str(rows), str(block_rows), str(streams)]
+def measure_raw_insert(
+    rows: int, block_rows: int, streams: int = 1, *, node_allocator: bool = True, fmt: str = "MsgPack"
+) -> dict:
+    """The raw insert ceiling, in a child process of its own (the embedded store allows one owner),
+    in `fmt` ("MsgPack" or "Native", issue 16's ceiling)."""
+    argv = [sys.executable, "-m", "bench.ceilings", "raw-insert", str(rows), str(block_rows), str(streams), fmt]
     child = subprocess.Popen(argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=store_env(node_allocator=node_allocator), start_new_session=True)  # fmt: skip
     try:
@@ -324,8 +343,9 @@ def bare_hypercorn(app_kind: str, workers: int = 2, spans: int = 100) -> Iterato
             _kill_group(child)
 
 
-if __name__ == "__main__":  # raw-insert ROWS BLOCK_ROWS STREAMS | bare-server FD asgi|quart SPANS
+if __name__ == "__main__":  # raw-insert ROWS BLOCK_ROWS STREAMS [MsgPack|Native] | bare-server FD asgi|quart SPANS
     if sys.argv[1] == "raw-insert":
-        print(json.dumps(raw_insert_child(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))
+        fmt = sys.argv[5] if len(sys.argv) > 5 else "MsgPack"
+        print(json.dumps(raw_insert_child(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), fmt=fmt)))
     else:
         bare_server_child(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

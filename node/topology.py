@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -48,6 +48,9 @@ from stages.schema import COLUMN_NAMES, TABLE
 from stages.schema_cluster import schema_ddl
 from stages.spool_stage import run_spool
 from stages.validate_stage import run_validate
+
+if TYPE_CHECKING:
+    from pipeline.store import RowFormat, Rows
 
 log = get_logger("topology")
 
@@ -111,8 +114,9 @@ async def run_writer(config: Config) -> None:
     def clock() -> float:
         return time.time() + config.clock_offset_s
 
-    async def insert(table: str, rows: list[memoryview], token: str, urgent: bool) -> None:
-        await store.insert_msgpack(f"`{database}`.`{table}`", COLUMN_NAMES, rows, dedup_token=token, urgent=urgent)
+    async def insert(table: str, fmt: RowFormat, rows: Rows, token: str, urgent: bool) -> None:
+        await store.insert_rows(f"`{database}`.`{table}`", COLUMN_NAMES, rows, fmt=fmt, dedup_token=token,
+                                urgent=urgent)  # fmt: skip
 
     def spool_gauges() -> None:
         metrics.spool_pending_bytes.set(spool.pending_bytes())

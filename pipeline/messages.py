@@ -2,8 +2,10 @@
 
 Every message is a msgspec Struct encoded as a msgpack array whose first element is its tag, so
 a reader decodes any of them with one typed decoder and a new message kind is an additive change.
-`rows` fields are opaque bytes: rows already encoded by a front worker in ClickHouse's
-`FORMAT MsgPack`, which the writer spools and inserts without decoding them.
+`rows` fields are opaque bytes: rows already encoded by a front worker for the store, which the
+writer spools and inserts without decoding them. `rows_format` says how: ROWS_NATIVE (what fronts
+send) is ClickHouse's Native format, column by column, in `pack_streams`' layout; ROWS_MSGPACK is
+ClickHouse's `FORMAT MsgPack` (records spooled by earlier versions, tools).
 
     front worker ──Admit───────────► writer ──AdmitReply──►  (rate limit, before the body is read)
     front worker ──Append──────────► writer ──AppendReply─►  (after the spool fsync: 202)
@@ -14,6 +16,8 @@ a reader decodes any of them with one typed decoder and a new message kind is an
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import msgspec
@@ -57,6 +61,9 @@ class Append(_Message, tag="append"):
     # (spool records written before it existed, tools). Last and defaulted, so a record without it
     # decodes, and a reader without it ignores the trailing element: the record layout is unchanged.
     deadline: float = 0.0
+    # ROWS_MSGPACK or ROWS_NATIVE. Last and defaulted like `deadline`: a record spooled before it
+    # existed decodes as MsgPack rows, which is what it holds.
+    rows_format: int = 0
 
 
 AppendStatus = Literal["ok", "quota_exceeded", "overloaded", "draining"]
@@ -139,6 +146,7 @@ class AppendView(_Message, tag="append"):
     monthly_span_quota: int | None
     rows: msgspec.Raw
     deadline: float = 0.0  # see `Append.deadline`
+    rows_format: int = 0  # see `Append.rows_format`
 
 
 WriterInbound = Admit | AppendView | Query | Status | Usage
@@ -150,6 +158,35 @@ def decode_inbound(data: bytes | bytearray | memoryview) -> WriterInbound:
     return _inbound_decoder.decode(data)
 
 
+# --------------------------------------------------------------------------- rows formats
+ROWS_MSGPACK = 0  # ClickHouse `FORMAT MsgPack`: every row's values back to back
+ROWS_NATIVE = 1  # ClickHouse Native data, column by column: see `pack_streams`
+_U32 = struct.Struct("<I")
+
+
+def pack_streams(streams: Sequence[bytes | bytearray | memoryview]) -> bytes:
+    """ROWS_NATIVE rows: `u32 count | u32 length × count | the streams back to back` (little-endian).
+    A stream is one column's Native data for the batch's rows, or one part of it (a Nullable's null
+    map, its values; an Array's offsets, its elements): which is which is the schema's business
+    (`stages.native`), so the writer can join batches stream by stream without reading a value."""
+    head = struct.pack(f"<{len(streams) + 1}I", len(streams), *map(len, streams))
+    return b"".join([head, *streams])
+
+
+def unpack_streams(rows: memoryview) -> list[memoryview]:
+    """The streams of ROWS_NATIVE `rows`, as views into them (no copy). ValueError when the lengths
+    do not add up."""
+    (count,) = _U32.unpack_from(rows)
+    lengths = struct.unpack_from(f"<{count}I", rows, 4)
+    at, out = 4 + 4 * count, []
+    for length in lengths:
+        out.append(rows[at : at + length])
+        at += length
+    if at != len(rows):
+        raise ValueError(f"Native rows: streams of {at} bytes in {len(rows)}")
+    return out
+
+
 # --------------------------------------------------------------------------- spool records
 # A spool record is `version (1 byte) | month YYYYMM (u32 big-endian) | the Append frame as
 # received`: the writer spools the front's bytes as they are, and the flush stage takes the rows
@@ -157,10 +194,13 @@ def decode_inbound(data: bytes | bytearray | memoryview) -> WriterInbound:
 # The writer receives each frame with RECORD_PREFIX_BYTES of headroom, which `spool_payload`
 # fills in place: a batch is never copied on its way from the socket to the spool. On disk,
 # `pipeline.spool` wraps each record in its own `length | crc32` header; that is the whole layout.
-# Where a batch's bytes are copied: rows encoded once (stages/rows.py) → into the front's frame
-# buffer (pipeline/frames.py FrameBuffer) → socket → straight into the record buffer
-# (pipeline/frames.py iter_frames, with headroom) → spool file (pipeline/spool.py append) → read
-# back in blocks (pipeline/spool.py read) → the ClickHouse client (pipeline/store.py insert_msgpack).
+# Where a batch's bytes are copied: rows encoded once, column by column (stages/native.py) and
+# joined with their stream lengths (pack_streams) → into the front's frame buffer
+# (pipeline/frames.py FrameBuffer) → socket → straight into the record buffer (pipeline/frames.py
+# iter_frames, with headroom) → spool file (pipeline/spool.py append) → read back in blocks
+# (pipeline/spool.py read) → joined once into one Native block of the whole flush block
+# (stages/native.py stitch; an Array's offsets are rebased there) → the ClickHouse client
+# (pipeline/store.py insert_rows). MsgPack records skip the stitch: their views go to the client.
 RECORD_VERSION = 2
 RECORD_PREFIX_BYTES = 5
 _append_view_decoder = msgspec.msgpack.Decoder(AppendView)
@@ -171,7 +211,8 @@ class SpoolRecord(NamedTuple):
     org_id: str
     spans: int
     month: int  # YYYYMM (UTC) the batch was accepted in: the quota ledger's month
-    rows: memoryview  # ClickHouse MsgPack rows, a view into the record
+    rows: memoryview  # the rows, a view into the record
+    rows_format: int  # ROWS_MSGPACK or ROWS_NATIVE
 
 
 def spool_payload(month: int, frame: bytearray) -> bytearray:
@@ -182,9 +223,10 @@ def spool_payload(month: int, frame: bytearray) -> bytearray:
     return frame
 
 
-def encode_record(org_id: str, spans: int, month: int, rows: bytes) -> bytearray:
+def encode_record(org_id: str, spans: int, month: int, rows: bytes, rows_format: int = ROWS_MSGPACK) -> bytearray:
     """A spool record from its parts (tests, tools); the writer uses `spool_payload` directly."""
-    return spool_payload(month, bytearray(RECORD_PREFIX_BYTES) + encode(Append(0, org_id, "", spans, None, rows)))
+    append = Append(0, org_id, "", spans, None, rows, rows_format=rows_format)
+    return spool_payload(month, bytearray(RECORD_PREFIX_BYTES) + encode(append))
 
 
 def decode_record(data: bytes | bytearray | memoryview) -> SpoolRecord:
@@ -194,4 +236,4 @@ def decode_record(data: bytes | bytearray | memoryview) -> SpoolRecord:
     append = _append_view_decoder.decode(view[5:])
     raw = memoryview(append.rows)
     rows = raw[_BIN_HEADER[raw[0]] :]
-    return SpoolRecord(append.org_id, append.spans, int.from_bytes(view[1:5], "big"), rows)
+    return SpoolRecord(append.org_id, append.spans, int.from_bytes(view[1:5], "big"), rows, append.rows_format)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -38,8 +38,10 @@ from pipeline.priority import StorePriority, name_this_thread, renice_this_threa
 
 log = get_logger("store")
 T = TypeVar("T")
-# Rows in `FORMAT MsgPack`: one buffer, or several inserted back to back as one block (no join).
+# Rows in `RowFormat`: one buffer, or several inserted back to back (no join).
 Rows = bytes | Sequence[bytes | bytearray | memoryview]
+# ClickHouse input formats of the rows the node inserts: Native blocks, or MsgPack rows.
+RowFormat = Literal["Native", "MsgPack"]
 
 # ClickHouse error codes worth retrying: timeouts, memory, too many parts/queries, shutdown, and
 # a full disk (75 CANNOT_WRITE_TO_FILE_DESCRIPTOR, 243 NOT_ENOUGH_SPACE, 1001 with ENOSPC inside).
@@ -53,7 +55,9 @@ class Store(Protocol):
 
     def command(self, sql: str) -> None: ...
 
-    def insert_msgpack(self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str) -> None: ...
+    def insert_rows(
+        self, table: str, columns: Sequence[str], data: Rows, *, fmt: RowFormat, dedup_token: str
+    ) -> None: ...
 
     def query(self, sql: str, fmt: str) -> bytes: ...
 
@@ -68,9 +72,10 @@ class ClickHouseStore:
         with translate_errors():
             self._client.command(sql)
 
-    def insert_msgpack(self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str) -> None:
-        """Insert rows already encoded in ClickHouse's `FORMAT MsgPack`, as one block. Several
-        buffers are streamed to the client one after the other, never joined in memory."""
+    def insert_rows(self, table: str, columns: Sequence[str], data: Rows, *, fmt: RowFormat, dedup_token: str) -> None:
+        """Insert rows already encoded in ClickHouse's `FORMAT <fmt>` (Native blocks, or MsgPack
+        rows), as one insert. Several buffers are streamed to the client one after the other,
+        never joined in memory."""
         settings = {
             "insert_deduplication_token": dedup_token,
             # A batch spanning many months must not be refused: it was accepted already.
@@ -80,9 +85,8 @@ class ClickHouseStore:
             "insert_distributed_sync": 1,
         }
         with translate_errors():
-            # The client takes an iterable of bytes: each buffer is copied on its own, never joined.
-            block = data if isinstance(data, bytes) else (bytes(chunk) for chunk in data)
-            self._client.raw_insert(table, list(columns), insert_block=block, fmt="MsgPack", settings=settings)
+            block = data if isinstance(data, bytes) else _chunks(data)
+            self._client.raw_insert(table, list(columns), insert_block=block, fmt=fmt, settings=settings)
 
     def query(self, sql: str, fmt: str) -> bytes:
         """Run a read query; `fmt` is one of QUERY_FORMATS' keys (json, tsv, table)."""
@@ -97,6 +101,28 @@ def open_store(url: str) -> ClickHouseStore:
     """Open the store at `url` (chdb:// or http(s)://). Raises RetryableError if unreachable."""
     with translate_errors():
         return ClickHouseStore(clickhouse_connect.get_client(dsn=url))
+
+
+_CHUNK_BYTES = 256 << 10
+
+
+def _chunks(data: Sequence[bytes | bytearray | memoryview]) -> Iterator[bytes]:
+    """The buffers as bytes of about `_CHUNK_BYTES` each, the form the client takes: small ones
+    joined (a Native block is thousands of small views), big ones cut, so the client makes few
+    writes and no copy is one big allocation (each would be a fresh mmap, page-faulted in)."""
+    group: list[memoryview] = []
+    size = 0
+    for buffer in data:
+        view = memoryview(buffer)
+        for at in range(0, len(view), _CHUNK_BYTES):
+            piece = view[at : at + _CHUNK_BYTES]
+            group.append(piece)
+            size += len(piece)
+            if size >= _CHUNK_BYTES:
+                yield b"".join(group)
+                group, size = [], 0
+    if group:
+        yield b"".join(group)
 
 
 class translate_errors:
@@ -230,13 +256,13 @@ class AsyncStore:
     async def command(self, sql: str) -> None:
         await self._run(lambda store: store.command(sql))
 
-    async def insert_msgpack(
-        self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str, urgent: bool = False
+    async def insert_rows(
+        self, table: str, columns: Sequence[str], data: Rows, *, fmt: RowFormat, dedup_token: str, urgent: bool = False
     ) -> None:
         """Insert through a free handle (see `inserts`); waits while all of them are busy."""
         async with self._insert_slots:
             lane = next((lane for lane in self._lanes if not lane.lock.locked()), self._lanes[0])
-            await self._run(lambda s: s.insert_msgpack(table, columns, data, dedup_token=dedup_token),
+            await self._run(lambda s: s.insert_rows(table, columns, data, fmt=fmt, dedup_token=dedup_token),
                             urgent=urgent, lane=lane)  # fmt: skip
 
     async def query(self, sql: str, fmt: str) -> bytes:

@@ -25,7 +25,7 @@ from pipeline.config import Config
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.frames import frame
 from pipeline.spool import Spool
-from pipeline.store import Rows, Store
+from pipeline.store import RowFormat, Rows, Store
 
 
 class FaultyStore:
@@ -46,9 +46,9 @@ class FaultyStore:
         self._check()
         self._store.command(sql)
 
-    def insert_msgpack(self, table: str, columns: Sequence[str], data: Rows, *, dedup_token: str) -> None:
+    def insert_rows(self, table: str, columns: Sequence[str], data: Rows, *, fmt: RowFormat, dedup_token: str) -> None:
         self._check()
-        self._store.insert_msgpack(table, columns, data, dedup_token=dedup_token)
+        self._store.insert_rows(table, columns, data, fmt=fmt, dedup_token=dedup_token)
 
     def query(self, sql: str, fmt: str) -> bytes:
         self._check()

@@ -2,9 +2,12 @@
 
 It tails the spool from the last checkpoint: as soon as a full block waits (`flush_max_rows` rows
 or `flush_max_bytes`), and otherwise every `flush_interval_ms`, it reads what the spool holds (up
-to `flush_max_bytes`), inserts the rows as one `FORMAT MsgPack` block and checkpoints the spool
-past them, with the quota ledger of everything flushed so far. A crash between insert and checkpoint replays the
-block, which the table deduplicates (insert token + ReplacingMergeTree).
+to `flush_max_bytes`), inserts the rows as one Native block (the batches' column streams joined,
+`stages.native.stitch`) and checkpoints the spool past them, with the quota ledger of everything
+flushed so far. A crash between insert and checkpoint replays the block, which the table
+deduplicates (insert token + ReplacingMergeTree). Batches spooled as MsgPack rows by an earlier
+version go in a second insert of their own (`FORMAT MsgPack`), whose token is derived from the
+same range.
 
 Error handling: a `RetryableError` (store down, timeout) is retried with capped exponential
 backoff, forever: the data is safe in the spool, and the spool cap turns a long outage into 503s
@@ -22,10 +25,12 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -34,33 +39,67 @@ from pipeline.config import Config
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.flush_state import FlushHealth, FlushSignal
 from pipeline.log import get_logger
-from pipeline.messages import decode_record
+from pipeline.messages import ROWS_MSGPACK, decode_record, unpack_streams
 from pipeline.spool import Position, Spool
 from stages.admission import QuotaLedger
+from stages.native import stitch
 from stages.schema import TABLE
+
+if TYPE_CHECKING:
+    from pipeline.store import RowFormat, Rows
 
 log = get_logger("flush")
 
-# (table, rows in COLUMNS order as consecutive buffers, dedup token, urgent: the spool is half-way
-# to its high-water mark, past which admissions wait for the flush)
-Insert = Callable[[str, list[memoryview], str, bool], Awaitable[None]]
+# (table, "Native" or "MsgPack", rows in COLUMNS order as one buffer or consecutive ones, dedup
+# token, urgent: the spool is half-way to its high-water mark, past which admissions wait for the flush)
+Insert = Callable[[str, "RowFormat", "Rows", str, bool], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One insert of a block: its batches' rows in one format, and its deduplication token."""
+
+    fmt: RowFormat
+    rows: list[memoryview]  # each batch's rows (views into the records)
+    counts: list[int]  # each batch's row count
+    token: str
+
+    def data(self) -> Rows:
+        """The insert's bytes: Native batches stitched into one block, MsgPack batches as they
+        are (inserted back to back). PermanentError if a Native batch does not fit the schema."""
+        if self.fmt == "MsgPack":
+            return self.rows
+        try:
+            return stitch([(n, unpack_streams(rows)) for n, rows in zip(self.counts, self.rows, strict=True)])
+        except (ValueError, struct.error) as exc:
+            raise PermanentError(f"Native rows do not fit the schema: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    token: str  # the insert deduplication token: the same spool range always gets the same one
-    rows: list[memoryview]  # each batch's rows, inserted back to back (views into the records)
+    token: str  # the spool range: the same range always gets the same token(s)
+    parts: list[Part]  # one insert per rows format in the block (almost always one: Native)
     row_count: int
     records: list[memoryview]  # spool payloads, views into the spool's read buffer
     charges: list[tuple[str, int, int]]  # (org, spans, month) per record, for the flushed ledger
 
 
 def make_block(token: str, records: list[memoryview]) -> Block:
-    """The rows of spool records as one insert block (views, no copy). Plain function."""
+    """Spool records as one block: one insert of the Native batches (stitched into one Native block
+    when inserted, `Part.data`) and one of MsgPack batches (spooled by earlier versions). With both,
+    each part's token is the range's with its format appended, so a replay gets the same tokens.
+    Plain function."""
     decoded = [decode_record(r) for r in records]
+    parts: list[Part] = []
+    for fmt in ("Native", "MsgPack"):
+        batches = [d for d in decoded if (d.rows_format == ROWS_MSGPACK) == (fmt == "MsgPack")]
+        if batches:
+            parts.append(Part(fmt, [d.rows for d in batches], [d.spans for d in batches], token))
+    if len(parts) > 1:
+        parts = [Part(p.fmt, p.rows, p.counts, f"{token}/{p.fmt}") for p in parts]
     return Block(
         token=token,
-        rows=[d.rows for d in decoded],
+        parts=parts,
         row_count=sum(d.spans for d in decoded),
         records=records,
         charges=[(d.org_id, d.spans, d.month) for d in decoded],
@@ -230,11 +269,14 @@ async def deadletter_or_wait(config: Config, block: Block, health: FlushHealth, 
 
 async def _insert_with_retry(config: Config, insert: Insert, block: Block, health: FlushHealth, urgent: bool) -> None:
     """Insert, retrying retryable failures forever with capped backoff; PermanentError propagates."""
-    attempt = 0
+    attempt = done = 0  # parts inserted: a retry goes on with the next
     while True:
         started = time.perf_counter()
         try:
-            await insert(TABLE, block.rows, block.token, urgent)
+            for part in block.parts[done:]:
+                data = await trio.to_thread.run_sync(part.data)  # the stitch: off the event loop
+                await insert(TABLE, part.fmt, data, part.token, urgent)
+                done += 1
         except RetryableError as exc:
             health.store_ok, health.last_error = False, str(exc)
             health.failures += 1
@@ -255,7 +297,7 @@ async def _insert_with_retry(config: Config, insert: Insert, block: Block, healt
         metrics.flush_rows.inc(block.row_count)
         metrics.flush_seconds.observe(elapsed_ms / 1000)
         metrics.store_up.set(1)
-        log.info("flushed", rows=block.row_count, bytes=sum(map(len, block.rows)), ms=round(elapsed_ms, 1),
+        log.info("flushed", rows=block.row_count, bytes=sum(map(len, block.records)), ms=round(elapsed_ms, 1),
                  urgent=urgent)  # fmt: skip
         return
 

@@ -15,7 +15,8 @@ import trio
 from pipeline.config import Config
 from pipeline.jobs import Job
 from pipeline.link import Call
-from pipeline.messages import Append
+from pipeline.messages import ROWS_MSGPACK, ROWS_NATIVE, Append, pack_streams
+from stages.native import encode_streams
 from stages.otlp_map import AGGREGATE_KINDS
 from stages.payload import Batch
 from stages.price import UNPRICED, PriceTable
@@ -44,15 +45,29 @@ async def run_price(
             aggregate = AGGREGATE_KINDS if job.media.startswith("otlp-") else frozenset()
             rows, spans = priced_rows(batch, job.org_id, table, ingested_at_ms=int(clock() * 1000),
                                       max_io_bytes=config.max_io_bytes, aggregate_kinds=aggregate)  # fmt: skip
-            append = Append(0, job.org_id, job.key_id, spans, job.monthly_span_quota, rows, job.deadline)
+            append = Append(0, job.org_id, job.key_id, spans, job.monthly_span_quota, rows, job.deadline,
+                            rows_format=ROWS_NATIVE)  # fmt: skip
             await send.send(Call(append, job.reply))
 
 
 def priced_rows(
     batch: Batch, org_id: str, table: PriceTable, *, ingested_at_ms: int, max_io_bytes: int,
-    aggregate_kinds: frozenset[str] = frozenset(),
+    aggregate_kinds: frozenset[str] = frozenset(), rows_format: int = ROWS_NATIVE,
 ) -> tuple[bytes, int]:
-    """The batch's rows, priced and encoded for the store, and their count. Plain function.
+    """The batch's rows (`span_rows`) encoded for the store in `rows_format` (`pipeline.messages`:
+    Native streams, or MsgPack), and their count. Plain function."""
+    rows = span_rows(batch, org_id, table, ingested_at_ms=ingested_at_ms, max_io_bytes=max_io_bytes,
+                     aggregate_kinds=aggregate_kinds)  # fmt: skip
+    if rows_format == ROWS_MSGPACK:
+        return encode_rows(rows), len(rows)
+    return pack_streams(encode_streams(rows)), len(rows)
+
+
+def span_rows(
+    batch: Batch, org_id: str, table: PriceTable, *, ingested_at_ms: int, max_io_bytes: int,
+    aggregate_kinds: frozenset[str] = frozenset(),
+) -> list[tuple]:
+    """The batch's rows, priced (`stages.rows.span_row` tuples). Plain function.
     Spans of `aggregate_kinds` (OTLP agent/chain spans: usage summed over their children) keep
     their tokens but are not priced, unless the caller gave a cost (OTLP.md §2)."""
     rows = []
@@ -77,4 +92,4 @@ def priced_rows(
             )
             rows.append(span_row(org_id, trace, span, price, ingested_at_ms=ingested_at_ms,
                                  max_io_bytes=max_io_bytes))  # fmt: skip
-    return encode_rows(rows), len(rows)
+    return rows

@@ -1,9 +1,10 @@
-"""Span rows for the `spans` table, encoded once, in the front, in ClickHouse's `FORMAT MsgPack`.
+"""Span rows for the `spans` table, made once, in the front.
 
 `span_row` is a plain function: one validated span (with its trace and its price) in, one tuple in
-`stages.schema.COLUMNS` order out. `encode_rows` packs tuples into the bytes the writer spools and
-inserts without decoding: each row is its column values back to back (the array header msgpack
-writes for a tuple is cut off).
+`stages.schema.COLUMNS` order out. The fronts encode tuples column by column in ClickHouse's Native
+format (`stages.native`); `encode_rows` packs them in `FORMAT MsgPack` instead (the format of
+records spooled by earlier versions; bench and tests): each row is its column values back to back
+(the array header msgpack writes for a tuple is cut off).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import PermanentError, RetryableError
-from pipeline.store import open_store
+from pipeline.store import _CHUNK_BYTES, _chunks, open_store
 from stages.payload import Span, Trace
 from stages.price import Priced
 from stages.rows import encode_rows, span_row
@@ -52,9 +52,9 @@ def test_schema_is_idempotent_and_inserts_deduplicate(store_and_db) -> None:
     for statement in ddl(database):  # a second start
         store.command(statement)
     table = f"`{database}`.`{TABLE}`"
-    store.insert_msgpack(table, COLUMN_NAMES, rows(10), dedup_token="a")
-    store.insert_msgpack(table, COLUMN_NAMES, rows(10), dedup_token="a")  # a retried insert
-    store.insert_msgpack(table, COLUMN_NAMES, rows(10), dedup_token="b")  # a replay
+    store.insert_rows(table, COLUMN_NAMES, rows(10), fmt="MsgPack", dedup_token="a")
+    store.insert_rows(table, COLUMN_NAMES, rows(10), fmt="MsgPack", dedup_token="a")  # a retried insert
+    store.insert_rows(table, COLUMN_NAMES, rows(10), fmt="MsgPack", dedup_token="b")  # a replay
     assert json.loads(store.query(f"SELECT count() AS c FROM {table} FINAL", "json")) == {"c": 10}
     row = json.loads(store.query(f"SELECT input, priced, total_cost FROM {table} FINAL LIMIT 1", "json"))
     assert row == {"input": '{"a":1}', "priced": False, "total_cost": None}
@@ -98,3 +98,13 @@ async def test_a_store_whose_schema_setup_fails_is_closed_not_leaked(tmp_path: P
     finally:
         other.close()
     await store.close()
+
+
+def test_buffers_reach_the_client_as_chunks_of_bounded_size() -> None:
+    small = [bytes([i % 256]) * 1000 for i in range(600)]  # 600 KB in 1 KB views: joined
+    big = os.urandom(3 * _CHUNK_BYTES + 5)  # cut
+    buffers = [memoryview(b) for b in small] + [big, b"", bytearray(b"tail")]
+    chunks = list(_chunks(buffers))
+    assert b"".join(chunks) == b"".join(bytes(b) for b in buffers)
+    assert all(isinstance(c, bytes) and len(c) < 2 * _CHUNK_BYTES for c in chunks)
+    assert len(chunks) <= (sum(map(len, buffers)) // _CHUNK_BYTES) + 1

@@ -28,7 +28,7 @@ from pipeline.messages import (
     encode_record,
 )
 from pipeline.spool import Position, Spool
-from pipeline.store import AsyncStore, open_store
+from pipeline.store import AsyncStore, RowFormat, Rows, open_store
 from pipeline.testing import FaultyStore
 from stages.admission import QuotaLedger, RateLimiter, month_of
 from stages.flush import run_flush
@@ -148,8 +148,8 @@ async def _flush_once(config: Config, spool: Spool, store: AsyncStore, health: F
     signal = FlushSignal()
     signal.end()  # one final flush of everything, then return
 
-    async def insert(table: str, rows: bytes, token: str, urgent: bool) -> None:
-        await store.insert_msgpack(f"foglamp.{table}", COLUMN_NAMES, rows, dedup_token=token)
+    async def insert(table: str, fmt: RowFormat, rows: Rows, token: str, urgent: bool) -> None:
+        await store.insert_rows(f"foglamp.{table}", COLUMN_NAMES, rows, fmt=fmt, dedup_token=token)
 
     await run_flush(config, spool, insert, QuotaLedger(), signal, health)
 
@@ -187,8 +187,8 @@ async def test_a_backed_up_spool_is_flushed_with_urgent_inserts(tmp_path: Path, 
     store = AsyncStore(functools.partial(open_store, f"chdb://{store_dir}"), ddl("foglamp"), thread_nice=3)
     calls: list[tuple[bool, int, set[int]]] = []
 
-    async def insert(table: str, rows: list, token: str, urgent: bool) -> None:
-        await store.insert_msgpack(f"foglamp.{table}", COLUMN_NAMES, rows, dedup_token=token, urgent=urgent)
+    async def insert(table: str, fmt: RowFormat, rows: Rows, token: str, urgent: bool) -> None:
+        await store.insert_rows(f"foglamp.{table}", COLUMN_NAMES, rows, fmt=fmt, dedup_token=token, urgent=urgent)
         # After the insert, in the store's thread: its own niceness and that of the pool threads.
         own = await store._run(lambda _: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         calls.append((urgent, own, _thread_nices(("Query", "ThreadPool"))))  # the embedded ClickHouse's pools
@@ -223,13 +223,13 @@ async def test_a_backed_up_spool_is_inserted_in_parallel_and_checkpointed_once_a
                        thread_nice=3)  # fmt: skip
     running, most, checkpoints, nices = 0, 0, [], set()
 
-    async def insert(table: str, rows: list, token: str, urgent: bool) -> None:
+    async def insert(table: str, fmt: RowFormat, rows: Rows, token: str, urgent: bool) -> None:
         nonlocal running, most
         running += 1
         most = max(most, running)
         await trio.sleep(0.05)  # long enough for every block of the round to start
         try:
-            await store.insert_msgpack(f"foglamp.{table}", COLUMN_NAMES, rows, dedup_token=token, urgent=urgent)
+            await store.insert_rows(f"foglamp.{table}", COLUMN_NAMES, rows, fmt=fmt, dedup_token=token, urgent=urgent)
             nices.update((urgent, os.getpriority(os.PRIO_PROCESS, lane.thread._thread.native_id))
                          for lane in store._lanes if lane.thread is not None)  # fmt: skip
         finally:
@@ -268,9 +268,9 @@ async def _paced_flush(tmp_path: Path, store_dir: Path, config: Config, batches:
     signal = FlushSignal()
     inserted: list[bool] = []
 
-    async def insert(table: str, rows: list, token: str, urgent: bool) -> None:
+    async def insert(table: str, fmt: RowFormat, rows: Rows, token: str, urgent: bool) -> None:
         inserted.append(signal.input_ended)
-        await store.insert_msgpack(f"foglamp.{table}", COLUMN_NAMES, rows, dedup_token=token, urgent=urgent)
+        await store.insert_rows(f"foglamp.{table}", COLUMN_NAMES, rows, fmt=fmt, dedup_token=token, urgent=urgent)
 
     with Spool.open(tmp_path / "spool") as spool:
         async with trio.open_nursery() as nursery:
