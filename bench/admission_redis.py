@@ -207,11 +207,12 @@ def run_case(case: str, rate: float, seconds: float, concurrency: int, redis: Re
             if case != "driver":
                 writer = subprocess.Popen([*me, "_writer", socket_path, url if case == "redis" else ""], cwd=REPO,
                                           text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          start_new_session=True)  # fmt: skip
+                                          stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
                 children.append(writer)
                 _started(writer, "READY")
             front = subprocess.Popen([*me, "_front", socket_path, str(rate), str(seconds), str(concurrency)],
-                                     cwd=REPO, text=True, stdout=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                                     cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)  # fmt: skip
             children.append(front)
             _started(front, "START")
             if writer is not None:
