@@ -282,7 +282,7 @@ def compare(rounds: int, rates: list[float], seconds: float, concurrency: int, r
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case (default 5)")
-    parser.add_argument("--rates", type=float, nargs="+", default=[500.0, 2000.0], help="admissions/s, open loop")
+    parser.add_argument("--rates", type=float, nargs="*", default=[500.0, 2000.0], help="admissions/s, open loop")
     parser.add_argument("--concurrency", type=int, default=64, help="admissions in flight at most (default 64)")
     parser.add_argument("--rounds", type=int, default=2, help="each case this many times, alternating")
     parser.add_argument("--batch", type=int, nargs="*", default=[], help="also admit_batch alone, these sizes")

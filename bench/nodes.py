@@ -34,7 +34,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from bench.ceilings import REPO, TreeSampler, _kill_group, _stat, loadavg, machine_info
+from bench.ceilings import REPO, TreeSampler, _kill_group, _role, _stat, loadavg, machine_info
 from bench.run import stored_count
 from bench.servers import PgServer, RedisServer, free_port
 
@@ -96,13 +96,14 @@ def _ready(url: str, log: Path) -> bool:
     return False
 
 
-def tree_cpu_s(roots: list[int]) -> dict[int, float]:
-    """utime+stime (s) of every process under `roots`, by pid."""
-    seconds: dict[int, float] = {}
+def tree_cpu_s(roots: list[int]) -> dict[int, tuple[str, float]]:
+    """(role, utime+stime in s) of every process under `roots`, by pid; role: supervisor, writer
+    or front (bench/ceilings.py's names without the pid)."""
+    seconds: dict[int, tuple[str, float]] = {}
     for root in roots:
         for pid in TreeSampler(root).tree():
             if (st := _stat(pid)) is not None:
-                seconds[pid] = st[1]
+                seconds[pid] = (_role(pid, root).split("-")[0], st[1])
     return seconds
 
 
@@ -144,7 +145,10 @@ def run_case(name: str, workers: list[int], key: str, args: argparse.Namespace, 
         count, waited = stored(dirs, accepted, timeout_s=30)
         cpu1, wall = tree_cpu_s(pids), time.monotonic() - t0  # the load's, until its spans are stored
     duration = max(c["duration_s"] for c in clients)  # from the clients' first request to their last reply
-    node_cpu = sum(cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1)
+    by_role: dict[str, float] = {}
+    for pid, (role, seconds) in cpu1.items():
+        by_role[role] = by_role.get(role, 0.0) + seconds - cpu0.get(pid, (role, 0.0))[1]
+    node_cpu = sum(by_role.values())
     statuses: dict[str, int] = {}
     for client in clients:
         for status, n in client["statuses"].items():
@@ -155,6 +159,7 @@ def run_case(name: str, workers: list[int], key: str, args: argparse.Namespace, 
             "p99_ms": max(c["latency_ms"]["p99"] for c in clients), "statuses": statuses,
             "node_cpu_cores": round(node_cpu / wall, 2),
             "node_cpu_us_per_span": round(node_cpu / max(accepted, 1) * 1e6, 1),
+            "cpu_us_per_span_by_role": {role: round(t / max(accepted, 1) * 1e6, 1) for role, t in by_role.items()},
             "per_client_spans_per_s": [c["spans_per_s"] for c in clients]}  # fmt: skip
 
 
