@@ -2,7 +2,7 @@
 together accept at least as many spans/s as one node with the same total workers; nothing
 serialises them).
 
-    .venv/bin/python -m bench.nodes [--duration 8] [--rounds 2] [--concurrency 16] [--spans 100]
+    .venv/bin/python -m bench.nodes [--duration 6] [--rounds 2] [--concurrency 16] [--spans 100]
 
 Starts a PostgreSQL and a Redis (bench/servers.py), then runs, in turn (A B, then B A, ...):
     A   one node with 3 workers (`run.py serve --workers 3`)
@@ -13,8 +13,9 @@ own embedded store. Three `run.py loadtest` processes drive them for the same ti
 key (rate limit 1e6): all three at A's port, or one per node in B. Per case: accepted spans/s (the
 clients' sum), the spans stored (summed over the stores, FINAL) against the spans of the 202s,
 persisted spans/s (stored / time from the start of the load until stored), and the CPU of the
-node processes. The ratio B/A is of the medians. Bounded: about 25 s per case at the defaults (under 2 minutes in all);
-everything it starts runs in its own session and is killed in a `finally`. 127.0.0.1 only.
+node processes (per span, by role). The ratio B/A is of the medians. Bounded: about 25 s per case
+at the defaults, under 2 minutes in all on a busy 2-core machine; everything it starts runs in its
+own session and is killed in a `finally`. 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def run_case(name: str, workers: list[int], key: str, args: argparse.Namespace, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per case (default 8)")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds of load per case (default 6)")
     parser.add_argument("--rounds", type=int, default=2, help="A B, then B A, ... (default 2)")
     parser.add_argument("--concurrency", type=int, default=16, help="connections per client (3 clients)")
     parser.add_argument("--spans", type=int, default=100, help="spans per request (default 100)")
