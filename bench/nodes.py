@@ -7,15 +7,15 @@ serialises them).
 Starts a PostgreSQL and a Redis (bench/servers.py), then runs, in turn (A B, then B A, ...):
     A   one node with 3 workers (`run.py serve --workers 3`)
     B   three nodes with 1 worker each, on three ports
-Every node has INGEST_CONTROLPLANE_URL and INGEST_REDIS_URL (the shared key, its rate limit and
-its org's quota are checked in PostgreSQL and Redis on every request), its own data dir and its
-own embedded store. Three `run.py loadtest` processes drive them for the same time with the same
-key (rate limit 1e6): all three at A's port, or one per node in B. Per case: accepted spans/s (the
-clients' sum), the spans stored (summed over the stores, FINAL) against the spans of the 202s,
-persisted spans/s (stored / time from the start of the load until stored), and the CPU of the
-node processes (per span, by role). The ratio B/A is of the medians. Bounded: about 25 s per case
-at the defaults, under 2 minutes in all on a busy 2-core machine; everything it starts runs in its
-own session and is killed in a `finally`. 127.0.0.1 only.
+Every node has INGEST_CONTROLPLANE_URL and INGEST_REDIS_URL (the key is read from PostgreSQL, its
+rate limit is checked in Redis on every request and its org's monthly quota, 10^12 spans, on every
+group commit), its own data dir and its own embedded store. Three `run.py loadtest` processes drive
+them for the same time with the same key (rate limit 1e6): all three at A's port, or one per node
+in B. Per case: accepted spans/s (the clients' sum), the spans stored (summed over the stores,
+FINAL) against the spans of the 202s, persisted spans/s (stored / time from the start of the load
+until stored), and the CPU of the node processes (per span, by role). The ratio B/A is of the
+medians. Bounded: about 25 s per case at the defaults, under 2 minutes in all on a busy 2-core
+machine; everything it starts runs in its own session and is killed in a `finally`. 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def main() -> None:
         env = node_env({"INGEST_CONTROLPLANE_URL": pg.url, "INGEST_REDIS_URL": redis.url,
                         "INGEST_REDIS_FALLBACK_NODES": "3"})  # fmt: skip
         root = Path(tmp)
-        org = cli(root / "cli", env, "orgs", "create", "bench-nodes")
+        org = cli(root / "cli", env, "orgs", "create", "bench-nodes", "--monthly-span-quota", str(10**12))
         key = cli(root / "cli", env, "keys", "create", "--org", org, "--rate-limit", "1000000")
         for r in range(args.rounds):
             for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
