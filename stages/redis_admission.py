@@ -99,6 +99,9 @@ class RedisAdmitter:
                 if self.redis_up:
                     log.warning("redis_down", error=str(exc), fallback_share=f"1/{self.fallback_nodes}")
                 self.redis_up = False
+            except BaseException:  # cancelled halfway through a call: the stream may be out of step
+                await self.close()
+                raise
         share = self.fallback_nodes
         return [
             self.fallback.admit(r.key_id, r.rate / share, now, r.req_id)

@@ -95,3 +95,15 @@ async def test_the_batcher_answers_what_queued_meanwhile_in_one_call(redis_serve
     assert calls == [1, 40]
     assert sorted(a.req_id for a in answers) == list(range(41))
     assert sum(a.allowed for a in answers) == 5  # one bucket: the burst of 5
+
+
+async def test_a_call_cancelled_halfway_leaves_no_stale_replies_for_the_next(redis_server: RedisServer) -> None:
+    node = RedisAdmitter(redis_server.url, fallback_nodes=1)
+    await node.admit_batch([Request("key_h", 1e9, 0)])  # connected, script loaded
+    with trio.move_on_after(0.0001) as scope:  # 2,000 scripts take Redis far longer than that
+        await node.admit_batch([Request("key_h", 1e9, i) for i in range(2000)])
+    assert scope.cancelled_caught
+    replies = await node.admit_batch([Request("key_i", 0.001, 7)])
+    # this call's own answer (a bucket of 1, now empty), not one left over from the cancelled call
+    assert replies[0].allowed and replies[0].remaining == 0 and replies[0].req_id == 7
+    await node.close()
