@@ -107,3 +107,14 @@ async def test_a_call_cancelled_halfway_leaves_no_stale_replies_for_the_next(red
     # this call's own answer (a bucket of 1, now empty), not one left over from the cancelled call
     assert replies[0].allowed and replies[0].remaining == 0 and replies[0].req_id == 7
     await node.close()
+
+
+async def test_a_password_in_the_url_is_sent_and_a_missing_one_means_fallback(redis_server: RedisServer) -> None:
+    redis.Redis.from_url(redis_server.url).config_set("requirepass", "s3cret")
+    port = redis_server.url.rsplit(":", 1)[1]
+    node = RedisAdmitter(f"redis://:s3cret@127.0.0.1:{port}", fallback_nodes=2)
+    assert (await node.admit_batch([Request("key_j", 4.0, 0)]))[0].allowed and node.redis_up
+    refused = RedisAdmitter(redis_server.url, fallback_nodes=2)  # NOAUTH: not usable, like a Redis down
+    replies = await refused.admit_batch([Request("key_j", 4.0, i) for i in range(5)])
+    assert not refused.redis_up and sum(r.allowed for r in replies) == 2  # its share, R/2
+    await node.close()
