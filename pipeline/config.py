@@ -263,6 +263,8 @@ def _check(config: Config) -> None:
         raise ConfigError(
             f"INGEST_CONTROLPLANE_URL must start with postgresql://, got {config.controlplane_url!r}"
         )
+    if config.redis_url and not config.redis_url.startswith("redis://"):  # pipeline/resp.py: plain TCP
+        raise ConfigError(f"INGEST_REDIS_URL must start with redis://, got {config.redis_url!r}")
     if config.clickhouse_cluster and not config.clickhouse_url.startswith(("http://", "https://")):
         raise ConfigError("INGEST_CLICKHOUSE_CLUSTER needs a server: set CLICKHOUSE_URL=http(s)://…")
     if config.drain_grace_s < 0:

@@ -184,7 +184,10 @@ async def _flush_all(
     async def read(start: Position) -> tuple[list[memoryview], Position]:
         durable, started = spool.end, trio.current_time()
         records, end = await trio.to_thread.run_sync(read_block, start)
-        if end >= durable:  # read up to the spool's end: what was not read arrived after `started`
+        # Read up to the spool's end (what was not read arrived after `started`), or found nothing
+        # to read: on a spool that never held a record, `end` stays before the empty segment's
+        # header, and a flush that took that for "behind" would read again at once, without end.
+        if end >= durable or not records:
             pace.caught_up_at = started
         return records, end
 

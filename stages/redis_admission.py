@@ -5,8 +5,9 @@ Exactness: each admission is one Lua script, run atomically by Redis on Redis's 
 admissions of a key in any T seconds over all nodes. A refused admission writes nothing.
 
 Round trips: the writer queues its fronts' admissions and sends them in one pipelined call per
-batch (`admit_batch`), from a worker thread; a batch takes what queued while the previous one was
-in flight, so under load many admissions share one round trip.
+batch (`admit_batch`: EVALSHA of the loaded script, one per admission), on its own trio loop
+(`pipeline.resp`: no thread, no redis-py); a batch takes what queued while the previous one was
+in flight, so under load many admissions share one round trip, and an idle writer sends at once.
 
 Redis down: `RedisAdmitter` answers from a local `RateLimiter` at R / `fallback_nodes` (each node
 one share of the rate, so N nodes together stay within R), logs the switch, and exposes it as
@@ -20,14 +21,16 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-import redis
+import hiredis
 import trio
 
 from pipeline import metrics
 from pipeline.config import Config
 from pipeline.log import get_logger
 from pipeline.messages import AdmitReply
+from pipeline.resp import RespConnection
 from stages.admission import RateLimiter
 
 TOKEN_BUCKET_LUA = """
@@ -73,7 +76,7 @@ def reply_of(request: Request, allowed: bool, tokens: float) -> AdmitReply:
 
 @dataclass
 class RedisAdmitter:
-    """Blocking: call `admit_batch` from a worker thread, one batch at a time."""
+    """On the writer's trio loop (`pipeline.resp`, no thread): one `admit_batch` at a time."""
 
     url: str
     fallback_nodes: int
@@ -81,55 +84,77 @@ class RedisAdmitter:
     timeout_s: float = 0.5
     fallback: RateLimiter = field(default_factory=RateLimiter)
     redis_up: bool = True
-    _client: redis.Redis | None = None
+    _conn: RespConnection | None = None
     _sha: str = ""
     _down_until: float = 0.0
 
-    def admit_batch(self, requests: Sequence[Request]) -> list[AdmitReply]:
+    async def admit_batch(self, requests: Sequence[Request]) -> list[AdmitReply]:
         now = time.monotonic()
         if now >= self._down_until:
             try:
-                return self._in_redis(requests)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                self._client = None
+                return await self._in_redis(requests)
+            except (OSError, TimeoutError) as exc:  # down, refused, or out of step: a new connection next time
+                await self.close()
                 self._down_until = now + self.retry_s
                 if self.redis_up:
                     log.warning("redis_down", error=str(exc), fallback_share=f"1/{self.fallback_nodes}")
                 self.redis_up = False
+            except BaseException:  # cancelled halfway through a call: the stream may be out of step
+                await self.close()
+                raise
         share = self.fallback_nodes
         return [
             self.fallback.admit(r.key_id, r.rate / share, now, r.req_id)
             for r in requests
         ]  # fmt: skip
 
-    def _in_redis(self, requests: Sequence[Request]) -> list[AdmitReply]:
-        if self._client is None:
-            self._client = redis.Redis.from_url(
-                self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
-            )
-            self._sha = self._client.script_load(TOKEN_BUCKET_LUA)
-        pipe = self._client.pipeline(transaction=False)
-        for r in requests:
-            pipe.evalsha(self._sha, 1, KEY_PREFIX + r.key_id, repr(float(r.rate)))
-        try:
-            results = pipe.execute()
-        except redis.exceptions.NoScriptError:  # Redis restarted and lost its script cache
-            self._sha = self._client.script_load(TOKEN_BUCKET_LUA)
-            return self._in_redis(requests)
+    async def _in_redis(self, requests: Sequence[Request]) -> list[AdmitReply]:
+        if self._conn is None:
+            self._conn = await RespConnection.open(self.url, timeout_s=self.timeout_s)
+            self._sha = ""
+        for _ in range(2):  # a second time after (re)loading the script
+            if not self._sha:
+                (sha,) = await self._conn.pipeline([("SCRIPT", "LOAD", TOKEN_BUCKET_LUA)])
+                self._sha = _checked(sha).decode()
+            commands = [("EVALSHA", self._sha, 1, KEY_PREFIX + r.key_id, repr(float(r.rate))) for r in requests]
+            results = await self._conn.pipeline(commands)
+            if not any(_no_script(x) for x in results):
+                break
+            self._sha = ""  # Redis restarted and lost its script cache (nothing was changed)
         if not self.redis_up:
             log.info("redis_up")
         self.redis_up = True
         pairs = zip(requests, results, strict=True)
-        return [reply_of(r, bool(allowed), float(tokens)) for r, (allowed, tokens) in pairs]
+        return [reply_of(r, bool(allowed), float(tokens)) for r, (allowed, tokens) in map(_pair, pairs)]
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+
+
+def _checked(reply: Any) -> Any:
+    if isinstance(reply, hiredis.ReplyError):
+        raise OSError(f"Redis refused the admission script: {reply}")
+    return reply
+
+
+def _no_script(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+def _pair(item: tuple[Request, Any]) -> tuple[Request, tuple[int, bytes]]:
+    request, reply = item
+    allowed, tokens = _checked(reply)
+    return request, (allowed, tokens)
 
 
 class Batcher:
     """The writer's admissions, queued by `submit` (sync, from the link's dispatch) and answered by
-    `run` one pipelined Redis call per batch. The queue is bounded by the fronts' in-flight caps."""
+    `run`, one pipelined Redis call per batch: natural batching, no fixed wait. A batch is sent as
+    soon as the previous call returns, and holds everything that queued meanwhile (at most
+    `max_batch`). The queue is bounded by the fronts' in-flight caps."""
 
     def __init__(self, admitter: RedisAdmitter, max_batch: int = 512) -> None:
         self.admitter = admitter
@@ -143,15 +168,18 @@ class Batcher:
 
     async def run(self) -> None:
         metrics.redis_up.set(1)  # until a call fails
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while self._queue:
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                replies = await trio.to_thread.run_sync(self.admitter.admit_batch, [r for r, _ in batch])
-                metrics.redis_up.set(1 if self.admitter.redis_up else 0)
-                for (_, reply), answer in zip(batch, replies, strict=True):
-                    reply(answer)
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                while self._queue:
+                    batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                    replies = await self.admitter.admit_batch([r for r, _ in batch])
+                    metrics.redis_up.set(1 if self.admitter.redis_up else 0)
+                    for (_, reply), answer in zip(batch, replies, strict=True):
+                        reply(answer)
+        finally:
+            await self.admitter.close()
 
 
 def redis_batcher(config: Config) -> Batcher | None:

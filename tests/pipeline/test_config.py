@@ -28,6 +28,7 @@ def test_environment_then_overrides() -> None:
         ({"INGEST_FLUSH_MAX_BYTES": "0"}, "INGEST_FLUSH_MAX_BYTES must be > 0, got 0"),
         ({"INGEST_HTTP_READ_BYTES": "0"}, "INGEST_HTTP_READ_BYTES must be > 0, got 0"),
         ({"CLICKHOUSE_URL": "tcp://x"}, "CLICKHOUSE_URL must start with http://, https:// or chdb://"),
+        ({"INGEST_REDIS_URL": "rediss://r:6380/0"}, "INGEST_REDIS_URL must start with redis://, got 'rediss"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(environ: dict[str, str], message: str) -> None:

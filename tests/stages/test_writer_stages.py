@@ -296,6 +296,28 @@ async def test_a_trickle_of_batches_is_inserted_once_per_flush_interval(tmp_path
     assert 2 <= len(final) <= 8 and final.count(False) >= 1
 
 
+async def test_an_idle_flush_on_a_fresh_spool_reads_once_per_interval(tmp_path: Path) -> None:
+    """A new node's spool never held a record: the flush is caught up all the same, and looks
+    again once per interval instead of reading without pause (a new node's writer spun at ~80 %
+    of a core until its first batch)."""
+    reads: list[Position] = []
+
+    class CountedSpool(Spool):
+        def read(self, start: Position, *, max_bytes: int, max_records: int | None = None
+                 ) -> tuple[list[memoryview], Position]:  # fmt: skip
+            reads.append(start)
+            return super().read(start, max_bytes=max_bytes, max_records=max_records)
+
+    async def insert(table: str, rows: list, token: str, urgent: bool) -> None:
+        raise AssertionError("nothing was spooled")
+
+    config = Config(data_dir=tmp_path, flush_interval_ms=200)
+    with CountedSpool.open(tmp_path / "spool") as spool:
+        with trio.move_on_after(1.0):
+            await run_flush(config, spool, insert, QuotaLedger(), FlushSignal(), FlushHealth())
+    assert 1 <= len(reads) <= 7  # about one per 0.2 s
+
+
 @pytest.mark.parametrize(("max_records", "high_water_records"), [(2, 1000), (1000, 4)])
 async def test_a_full_block_is_inserted_without_waiting_for_the_interval(
     tmp_path: Path, store_dir: Path, max_records: int, high_water_records: int
