@@ -65,8 +65,19 @@ def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
         assert {"with", "without"} == set(p["retry_after"]) and isinstance(p["statuses"], dict)
     assert n["stored_total"] > 0 and n["accepted_total"] > 0
     assert {"exit_code", "drain_s", "log_errors"} == set(n["node_stop"])
+    # Issue 16: the Native ceiling (default allocator, before and after), small requests, CPU per span.
+    for native in (c["raw_insert_native"], c["raw_insert_native_after"]):
+        assert native["format"] == "Native" and native["je_malloc_conf"] == ""
+        assert native["rows_stored"] == native["rows"] > 0 and native["cpu_us_per_row"] > 0
+    assert r["native_ceiling"]["rows_per_s"] == (c["raw_insert_native"]["rows_per_s"]
+                                                 + c["raw_insert_native_after"]["rows_per_s"]) / 2  # fmt: skip
+    assert c["hypercorn_bare"]["asgi_small"]["statuses"].get("202", 0) > 0
+    small = n["small"]
+    assert small["stored"] == small["spans_accepted"] > 0 and small["stored_requests_per_s"] > 0
+    assert e2e["node_cpu_us_per_span"] > 0 and e2e["process_tree"]["cpu_s"] > 0
     assert set(r["ratios"]) == {
-        "e2e_vs_raw_insert", "e2e_vs_raw_insert_2_streams", "e2e_vs_raw_insert_default_allocator",
+        "e2e_vs_raw_insert", "e2e_vs_raw_insert_native", "e2e_vs_raw_insert_2_streams",
+        "e2e_vs_raw_insert_default_allocator",
         "e2e_vs_hypercorn_bare_asgi", "e2e_vs_hypercorn_bare_quart",
         "e2e_vs_decode_validate_1core", "e2e_vs_front_path_1core", "e2e_vs_pricing_1core",
     }  # fmt: skip
@@ -76,6 +87,8 @@ def test_tiny_bench_writes_a_complete_report(tmp_path: Path) -> None:
     text = report.read_text()
     assert "raw chDB insert rows/s, before the node" in text and "raw chDB insert rows/s, after the node" in text
     assert "raw chDB insert rows/s, 2 streams at once" in text
+    assert "raw chDB insert rows/s, **Native**, jemalloc's default decay, before the node" in text
+    assert "10-span requests stored/s ÷ bare Hypercorn" in text or "20-span requests" in text
 
     text = report.read_text()
     for heading in ("# Benchmarks", "## Machine", "## Command", "## Numbers", "## Ratios and targets", "## Notes"):
