@@ -131,7 +131,7 @@ def _typed_value(attrs: Attributes, key: str, mime_key: str) -> Any:
         return None
     mime = str(attrs.get(mime_key) or "").lower()
     if isinstance(value, str) and "json" in mime:
-        return _loads(value, value)
+        return _json_text(value)
     return value
 
 
@@ -191,13 +191,19 @@ def _parsed(value: Any) -> Any:
     if isinstance(value, str):
         first = value[:1]
         if first in _OPENERS or (first.isspace() and value.lstrip()[:1] in _OPENERS):
-            raw = value.encode()
-            try:
-                _json_check(raw)
-            except (msgspec.DecodeError, RecursionError):
-                return value
-            return JsonText(raw)
+            return _json_text(value)
     return value
+
+
+def _json_text(text: str) -> JsonText | str:
+    """`text` as JSON text when it parses as JSON (checked, kept as sent, as v1 keeps its `input`),
+    else the string itself."""
+    raw = text.encode()
+    try:
+        _json_check(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return text
+    return JsonText(raw)
 
 
 def _value(value: Any) -> Any:
@@ -207,13 +213,6 @@ def _value(value: Any) -> Any:
 
 def _parsed_map(attrs: Attributes) -> dict[str, Any]:
     return {k: _value(_parsed(v)) for k, v in attrs.items()}
-
-
-def _loads(text: str, default: Any) -> Any:
-    try:
-        return _json_decode(text)
-    except (msgspec.DecodeError, RecursionError):
-        return default
 
 
 def _text(value: Any) -> bytes | None:
