@@ -1,5 +1,7 @@
 """CPU cost per span of OTLP protobuf decode + map (`stages.otlp.check_otlp`) beside v1 JSON
-decode + validate (`stages.validate.decode_batch`) of the same spans, in one process.
+decode + validate (`stages.validate.decode_batch`) of the same spans, in one process; and of a
+front's whole per-batch work for each (the same, then pricing and row encoding:
+`stages.price_stage.priced_rows`), whose difference is what OTLP costs a front more per span.
 
 ``measure()`` returns the numbers; ``python -m bench.bench_otlp [seconds]`` prints them.
 The bodies are the load generator's (`node.loadgen.BodyPool` and `node.otlp_pool.OtlpBodyPool`
@@ -20,7 +22,10 @@ from node.loadgen import BodyPool
 from node.otlp_pool import OtlpBodyPool
 from stages.otlp import Partial, check_otlp
 from stages.otlp_answer import PROTOBUF
+from stages.otlp_map import AGGREGATE_KINDS
 from stages.payload import Batch
+from stages.price import PriceTable
+from stages.price_stage import priced_rows
 from stages.validate import decode_batch
 
 _CAP = 1 << 30  # decompressed-size cap: never reached by these bodies
@@ -45,6 +50,21 @@ def _otlp(body: bytes) -> object:
     return result
 
 
+_TABLE = PriceTable.load()
+
+
+def _v1_front(body: bytes) -> object:
+    batch = _v1(body)
+    assert isinstance(batch, Batch)
+    return priced_rows(batch, "org", _TABLE, ingested_at_ms=0, max_io_bytes=1 << 20)
+
+
+def _otlp_front(body: bytes) -> object:
+    batch = _otlp(body)
+    assert isinstance(batch, Batch)
+    return priced_rows(batch, "org", _TABLE, ingested_at_ms=0, max_io_bytes=1 << 20, aggregate_kinds=AGGREGATE_KINDS)
+
+
 def _cpu_per_call(run: Callable[[bytes], object], items: list[bytes], seconds: float) -> float:
     """CPU seconds per call of `run`, cycling through `items`, over at least `seconds` of CPU."""
     calls, start = 0, time.process_time()
@@ -64,22 +84,27 @@ def measure(seconds: float = 6.0, spans: int = 100, rounds: int = 9) -> dict[str
         v1_batch, otlp_batch = _v1(v1_body), _otlp(otlp_body)
         assert isinstance(v1_batch, Batch) and isinstance(otlp_batch, Batch), "bench bodies must be valid"
         assert sum(len(t.spans) for t in otlp_batch.traces) == spans
-    per_round = seconds / rounds / 2
-    v1_times: list[float] = []
-    otlp_times: list[float] = []
-    ratios: list[float] = []
+    per_round = seconds / rounds / 4
+    times: dict[str, list[float]] = {"v1": [], "otlp": [], "v1_front": [], "otlp_front": []}
+    runs = {"v1": (_v1, v1_bodies), "otlp": (_otlp, otlp_bodies), "v1_front": (_v1_front, v1_bodies),
+            "otlp_front": (_otlp_front, otlp_bodies)}  # fmt: skip
     for _ in range(rounds):
-        v1_times.append(_cpu_per_call(_v1, v1_bodies, per_round) / spans)
-        otlp_times.append(_cpu_per_call(_otlp, otlp_bodies, per_round) / spans)
-        ratios.append(otlp_times[-1] / v1_times[-1])
+        for name, (run, items) in runs.items():
+            times[name].append(_cpu_per_call(run, items, per_round) / spans)
+    ratios = [o / v for o, v in zip(times["otlp"], times["v1"], strict=True)]
+    extra = [o - v for o, v in zip(times["otlp_front"], times["v1_front"], strict=True)]
+    us = {name: round(statistics.median(values) * 1e6, 2) for name, values in times.items()}
     return {
         "spans_per_body": spans,
-        "v1_json_us_per_span": round(statistics.median(v1_times) * 1e6, 2),
-        "v1_json_us_per_span_best": round(min(v1_times) * 1e6, 2),
-        "otlp_pb_us_per_span": round(statistics.median(otlp_times) * 1e6, 2),
-        "otlp_pb_us_per_span_best": round(min(otlp_times) * 1e6, 2),
+        "v1_json_us_per_span": us["v1"],
+        "v1_json_us_per_span_best": round(min(times["v1"]) * 1e6, 2),
+        "otlp_pb_us_per_span": us["otlp"],
+        "otlp_pb_us_per_span_best": round(min(times["otlp"]) * 1e6, 2),
         "ratio_otlp_over_v1": round(statistics.median(ratios), 2),
-        "ratio_otlp_over_v1_best": round(min(otlp_times) / min(v1_times), 2),
+        "ratio_otlp_over_v1_best": round(min(times["otlp"]) / min(times["v1"]), 2),
+        "v1_front_us_per_span": us["v1_front"],  # decode + validate + price + rows
+        "otlp_front_us_per_span": us["otlp_front"],  # decode + map + price + rows
+        "front_extra_us_per_span": round(statistics.median(extra) * 1e6, 2),  # OTLP's, per round
     }
 
 

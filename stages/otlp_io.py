@@ -31,49 +31,68 @@ IO_KEYS = frozenset({
 IO_PREFIXES = ("llm.input_messages.", "llm.output_messages.", "gen_ai.prompt.", "gen_ai.completion.")
 
 
+_INPUT_LAST = ("ai.prompt.messages", "ai.prompt", "gen_ai.tool.call.arguments", "ai.toolCall.args",
+               "traceloop.entity.input")  # fmt: skip
+_OUTPUT_LAST = ("ai.response.text", "ai.response.object", "gen_ai.tool.call.result", "ai.toolCall.result",
+                "traceloop.entity.output")  # fmt: skip
+
+
 def is_io_key(key: str) -> bool:
     return key in IO_KEYS or key.startswith(IO_PREFIXES)
 
 
-def extract_input(attrs: Attributes, events: Events, prefixes: Collection[str] | None = None) -> bytes | None:
-    """`prefixes`, when known, are the `IO_PREFIXES` the attributes have (the others are not looked for)."""
-    value = _messages(attrs, "gen_ai.input.messages", with_system=True)
-    if value is None:
+def io_present(attrs: Attributes) -> set[str]:
+    """The `IO_KEYS` an attribute set has, and the `IO_PREFIXES` some of its keys start with."""
+    present = {key for key in attrs if key in IO_KEYS}
+    present.update(prefix for prefix in IO_PREFIXES if any(key.startswith(prefix) for key in attrs))
+    return present
+
+
+def extract_input(attrs: Attributes, events: Events, present: Collection[str] | None = None) -> bytes | None:
+    """`present`, when known, is `io_present(attrs)`: a family whose keys are absent is not looked for."""
+    if present is None:
+        present = io_present(attrs)
+    value = None
+    if "gen_ai.input.messages" in present:
+        value = _messages(attrs, "gen_ai.input.messages", with_system=True)
+    if value is None and events:
         details = _event(events, _DETAILS_EVENT)
         if details is not None:
             value = _messages(details, "gen_ai.input.messages", with_system=True)
-    if value is None:
-        value = _unflatten(attrs, "llm.input_messages.", prefixes)
-    if value is None:
+    if value is None and "llm.input_messages." in present:
+        value = _unflatten(attrs, "llm.input_messages.")
+    if value is None and "input.value" in present:
         value = _typed_value(attrs, "input.value", "input.mime_type")
-    if value is None:
-        value = _unflatten(attrs, "gen_ai.prompt.", prefixes)
-    if value is None:
+    if value is None and "gen_ai.prompt." in present:
+        value = _unflatten(attrs, "gen_ai.prompt.")
+    if value is None and events:
         value = _legacy_messages(events)
     if value is None:
-        value = _first(attrs, ("ai.prompt.messages", "ai.prompt", "gen_ai.tool.call.arguments",
-                               "ai.toolCall.args", "traceloop.entity.input"))  # fmt: skip
+        value = _first(attrs, _INPUT_LAST, present)
     return _text(value)
 
 
-def extract_output(attrs: Attributes, events: Events, prefixes: Collection[str] | None = None) -> bytes | None:
-    value = _messages(attrs, "gen_ai.output.messages")
-    if value is None:
+def extract_output(attrs: Attributes, events: Events, present: Collection[str] | None = None) -> bytes | None:
+    if present is None:
+        present = io_present(attrs)
+    value = None
+    if "gen_ai.output.messages" in present:
+        value = _messages(attrs, "gen_ai.output.messages")
+    if value is None and events:
         details = _event(events, _DETAILS_EVENT)
         if details is not None:
             value = _messages(details, "gen_ai.output.messages")
-    if value is None:
-        value = _unflatten(attrs, "llm.output_messages.", prefixes)
-    if value is None:
+    if value is None and "llm.output_messages." in present:
+        value = _unflatten(attrs, "llm.output_messages.")
+    if value is None and "output.value" in present:
         value = _typed_value(attrs, "output.value", "output.mime_type")
-    if value is None:
-        value = _unflatten(attrs, "gen_ai.completion.", prefixes)
-    if value is None:
+    if value is None and "gen_ai.completion." in present:
+        value = _unflatten(attrs, "gen_ai.completion.")
+    if value is None and events:
         choices = [_parsed_map(a) for name, a in events if name == "gen_ai.choice"]
         value = choices or None
     if value is None:
-        value = _first(attrs, ("ai.response.text", "ai.response.object", "gen_ai.tool.call.result",
-                               "ai.toolCall.result", "traceloop.entity.output"))  # fmt: skip
+        value = _first(attrs, _OUTPUT_LAST, present)
     return _text(value)
 
 
@@ -112,14 +131,12 @@ def _typed_value(attrs: Attributes, key: str, mime_key: str) -> Any:
         return None
     mime = str(attrs.get(mime_key) or "").lower()
     if isinstance(value, str) and "json" in mime:
-        return _loads(value, value)
+        return _json_text(value)
     return value
 
 
-def _unflatten(attrs: Attributes, prefix: str, prefixes: Collection[str] | None = None) -> list[Any] | None:
+def _unflatten(attrs: Attributes, prefix: str) -> list[Any] | None:
     """`llm.input_messages.0.message.role = "user"` … -> `[{"role": "user", …}]`."""
-    if prefixes is not None and prefix not in prefixes:
-        return None
     tree: dict[str, Any] = {}
     for key, value in attrs.items():
         if not key.startswith(prefix):
@@ -150,12 +167,17 @@ def _lists(node: Any) -> Any:
     return converted
 
 
-def _first(attrs: Attributes, keys: tuple[str, ...]) -> Any:
+def _first(attrs: Attributes, keys: tuple[str, ...], present: Collection[str]) -> Any:
     for key in keys:
+        if key not in present:
+            continue
         value = attrs.get(key)
         if value is not None and value != "":
             return _parsed(value)
     return None
+
+
+_OPENERS = frozenset('{["')  # how JSON text of an object, array or string starts
 
 
 class JsonText(bytes):
@@ -167,15 +189,21 @@ def _parsed(value: Any) -> Any:
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        text = value.lstrip()
-        if text[:1] in ("{", "[", '"'):
-            raw = value.encode()
-            try:
-                _json_check(raw)
-            except (msgspec.DecodeError, RecursionError):
-                return value
-            return JsonText(raw)
+        first = value[:1]
+        if first in _OPENERS or (first.isspace() and value.lstrip()[:1] in _OPENERS):
+            return _json_text(value)
     return value
+
+
+def _json_text(text: str) -> JsonText | str:
+    """`text` as JSON text when it parses as JSON (checked, kept as sent, as v1 keeps its `input`),
+    else the string itself."""
+    raw = text.encode()
+    try:
+        _json_check(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return text
+    return JsonText(raw)
 
 
 def _value(value: Any) -> Any:
@@ -187,17 +215,10 @@ def _parsed_map(attrs: Attributes) -> dict[str, Any]:
     return {k: _value(_parsed(v)) for k, v in attrs.items()}
 
 
-def _loads(text: str, default: Any) -> Any:
-    try:
-        return _json_decode(text)
-    except (msgspec.DecodeError, RecursionError):
-        return default
-
-
 def _text(value: Any) -> bytes | None:
     if value is None:
         return None
-    if isinstance(value, JsonText):
+    if type(value) is JsonText:
         return bytes(value)
     try:
         return _json.encode(value)

@@ -24,6 +24,7 @@ from stages.payload import Cost, Span, SpanKind, SpanStatus, Trace, Usage
 KINDS = frozenset({"llm", "embedding", "tool", "retrieval", "agent", "chain", "custom"})
 AGGREGATE_KINDS = frozenset({"agent", "chain"})  # usage summed over children: not priced
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_TIMEDELTA = dt.timedelta
 _EARLIEST_NS = -2208988800 * 10**9  # 1900-01-01, as stages.validate.EARLIEST
 _LATEST_NS = 10413791999 * 10**9  # 2299-12-31T23:59:59
 _MAX_TOKENS = 2**53 - 1
@@ -36,6 +37,7 @@ _json = msgspec.json.Encoder()
 _LIMITS = {"name": 512, "trace_name": 512, "user_id": 256, "session_id": 256, "environment": 64,
            "release": 128, "tag": 128, "model": 256, "provider": 64}  # fmt: skip
 _MAX_TAGS = 50
+_NAME_MAX = _LIMITS["name"]  # == the trace name's: a root's trace name is its (cut) span name
 
 USER = ("foglamp.user.id", "user.id", "ai.telemetry.metadata.userId",
         "traceloop.association.properties.user_id")  # fmt: skip
@@ -113,20 +115,21 @@ class Problem:
 
 def usable(span: OtlpSpan) -> str | None:
     """None when the span can be stored, else the reason it cannot."""
-    if not _valid_id(span.trace_id, 32):
-        return f"invalid trace id {span.trace_id[:64]!r}: must be 16 bytes, not all zero"
-    if not _valid_id(span.span_id, 16):
-        return f"invalid span id {span.span_id[:64]!r}: must be 8 bytes, not all zero"
-    if span.parent_span_id and not _is_root(span.parent_span_id) and not _valid_id(span.parent_span_id, 16):
-        return f"invalid parent span id {span.parent_span_id[:64]!r}: must be 8 bytes"
-    if span.parent_span_id == span.span_id:
+    trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+    if len(trace_id) != 32 or trace_id == _ZEROS[32] or trace_id.strip(_HEX_DIGITS):
+        return f"invalid trace id {trace_id[:64]!r}: must be 16 bytes, not all zero"
+    if len(span_id) != 16 or span_id == _ZEROS[16] or span_id.strip(_HEX_DIGITS):
+        return f"invalid span id {span_id[:64]!r}: must be 8 bytes, not all zero"
+    if parent and parent.strip("0") and (len(parent) != 16 or parent.strip(_HEX_DIGITS)):
+        return f"invalid parent span id {parent[:64]!r}: must be 8 bytes"
+    if parent == span_id:
         return "parent span id equals the span id"
-    start, end = span.start_ns or span.end_ns, span.end_ns
+    end = span.end_ns
+    start = span.start_ns or end
     if not start:
         return "startTimeUnixNano and endTimeUnixNano are both 0"
-    for value in (start, end):
-        if value and not _EARLIEST_NS <= value <= _LATEST_NS:
-            return "timestamp must be between 1900-01-01 and 2299-12-31 (UTC)"
+    if not _EARLIEST_NS <= start <= _LATEST_NS or (end and not _EARLIEST_NS <= end <= _LATEST_NS):
+        return "timestamp must be between 1900-01-01 and 2299-12-31 (UTC)"
     if end and end < start:
         return "endTimeUnixNano is before startTimeUnixNano"
     return None
@@ -138,55 +141,67 @@ def map_span(span: OtlpSpan, root_name: str = "", cache: dict[int, Any] | None =
     reason = usable(span)
     if reason is not None:
         return Problem(span.path, reason)
-    attrs, resource = span.attributes, span.resource
-    view = _resource_view(resource, cache)
-    scan = _scan(attrs)
-    fields = {**view.fields, **scan.fields} if view.fields else scan.fields
-    model = _cut(fields.get("model"), "model")
+    attrs, events = span.attributes, span.events
+    view = _resource_view(span.resource, cache)
+    fields, others, metadata, io = _scan(attrs)
+    if view.fields:
+        fields = {**view.fields, **fields}
+    get = fields.get  # string columns come cut to their limits (`_scan`)
+    model = get("model")
     usage = _usage(fields)
-    kind = kind_of(attrs, model, usage)
-    cost = fields.get("cost")
-    status_message = span.status_message or _exception_message(span.events)
-    parent = None if _is_root(span.parent_span_id) else span.parent_span_id
+    cost = get("cost")
+    status_message = span.status_message or (_exception_message(events) if events else "")
+    parent: str | None = span.parent_span_id
+    if not parent or not parent.strip("0"):
+        parent = None
+    name = span.name
+    if len(name) > _NAME_MAX:
+        name = name[:_NAME_MAX]
+    end_ns = span.end_ns
+    others.update(view.attributes)
+    if span.scope_name:
+        others["scope.name"] = span.scope_name
+    if span.scope_version:
+        others["scope.version"] = span.scope_version
+    if span.dropped_attributes:
+        others["otel.dropped_attributes_count"] = span.dropped_attributes
     out = Span(
         id=span.span_id,
         parent_id=parent,
-        name=_cut(span.name, "name") or "",
-        kind=kind,
-        start_time=nanos_to_datetime(span.start_ns or span.end_ns),
-        end_time=nanos_to_datetime(span.end_ns) if span.end_ns else None,
+        name=name,
+        kind=kind_of(attrs, model, usage),
+        start_time=_EPOCH + _TIMEDELTA(0, 0, (span.start_ns or end_ns) // 1000),
+        end_time=_EPOCH + _TIMEDELTA(0, 0, end_ns // 1000) if end_ns else None,
         status=_STATUS.get(span.status_code, "unset"),
         status_message=status_message or None,
         model=model,
-        provider=_cut(fields.get("provider"), "provider"),
+        provider=get("provider"),
         usage=usage,
         cost=Cost(total=cost) if cost is not None else None,
-        attributes=_attributes(span, scan.others, view.attributes),
+        attributes=others,
     )
-    out.input = extract_input(attrs, span.events, scan.io_prefixes)  # type: ignore[assignment]  # JSON text, as decode_batch leaves it
-    out.output = extract_output(attrs, span.events, scan.io_prefixes)  # type: ignore[assignment]
-    name = fields.get("trace_name") or (span.name if parent is None else root_name)
+    if io or events:
+        out.input = extract_input(attrs, events, io)  # type: ignore[assignment]  # JSON text, as decode_batch leaves it
+        out.output = extract_output(attrs, events, io)  # type: ignore[assignment]
+    else:
+        out.input = out.output = None  # type: ignore[assignment]
+    trace_name = get("trace_name")
+    if not trace_name:
+        trace_name = name if parent is None else root_name[:_NAME_MAX]
+    raw_metadata = attrs.get("metadata")
     return Trace(
         id=span.trace_id,
-        name=_cut(name, "trace_name"),
-        user_id=_cut(fields.get("user_id"), "user_id"),
-        session_id=_cut(fields.get("session_id"), "session_id"),
-        environment=_cut(fields.get("environment"), "environment") or "default",
-        release=_cut(fields.get("release") or _str(resource.get("service.version")), "release"),
-        tags=fields.get("tags"),
-        metadata=_metadata(attrs.get("metadata"), view.metadata, scan.metadata),
+        name=trace_name,
+        user_id=get("user_id"),
+        session_id=get("session_id"),
+        environment=get("environment") or "default",
+        release=get("release") or view.release,
+        tags=get("tags"),
+        metadata=_metadata(raw_metadata, view.metadata, metadata)
+        if raw_metadata is not None or view.metadata or metadata
+        else None,
         spans=[out],
     )
-
-
-@dataclass(slots=True)
-class _Scan:
-    """What one pass over an attribute set finds (`_scan`)."""
-
-    fields: dict[str, Any]  # column values, each from its highest-precedence usable key
-    others: dict[str, Any]  # the attributes not mapped to a column, as scalars, in order
-    metadata: list[tuple[str, Any]]  # `foglamp.trace.metadata.*` (prefix removed), in order
-    io_prefixes: set[str]  # the flattened input/output families present (otlp_io.IO_PREFIXES)
 
 
 @dataclass(slots=True)
@@ -194,9 +209,10 @@ class _ResourceView:
     fields: dict[str, Any]  # column values from the resource's attributes
     attributes: dict[str, Any]  # its attributes under `resource.`
     metadata: list[tuple[str, Any]]
+    release: str | None  # its `service.version`, cut
 
 
-_NO_RESOURCE = _ResourceView({}, {}, [])
+_NO_RESOURCE = _ResourceView({}, {}, [], None)
 
 
 def _resource_view(resource: Attributes, cache: dict[int, Any] | None) -> _ResourceView:
@@ -207,27 +223,36 @@ def _resource_view(resource: Attributes, cache: dict[int, Any] | None) -> _Resou
         hit = cache.get(id(resource))
         if hit is not None and hit[0] is resource:
             return hit[1]
-    scan = _scan(resource)
-    view = _ResourceView(scan.fields, {"resource." + key: _scalar(value) for key, value in resource.items()},
-                         scan.metadata)  # fmt: skip
+    fields, _, metadata, _ = _scan(resource)
+    view = _ResourceView(fields, {"resource." + key: _scalar(value) for key, value in resource.items()},
+                         metadata, _cut(_str(resource.get("service.version")), "release"))  # fmt: skip
     if cache is not None:
         cache[id(resource)] = (resource, view)
     return view
 
 
-# Key classes of `_scan` (a column's key is classed by its `_INDEX` slot instead).
-_SKIP, _OTHER, _META = -1, -2, -3  # mapped or input/output; kept in `attributes`; metadata
+# Key classes of `_scan` (a column's key is classed by its `_INDEX` entry instead; an input/output
+# family's flattened keys by the family's index in IO_PREFIXES).
+_SKIP, _OTHER, _META, _IO = -1, -2, -3, -4  # mapped; kept in `attributes`; metadata; input/output
 _META_PREFIX = "foglamp.trace.metadata."
 _KEY_CLASSES: dict[str, Any] = {}
 _KEY_CLASSES_MAX = 8192  # distinct keys remembered: a bound on what clients can make it hold
 _KEY_REMEMBERED = 256  # longest key remembered
+
+# What `_scan` finds: column values (each from its highest-precedence usable key, strings cut to
+# their column's limit), the attributes not mapped to a column (as scalars, in order),
+# `foglamp.trace.metadata.*` (prefix removed, in order), and the input/output keys and flattened
+# families present (`otlp_io.io_present`).
+_Scan = tuple[dict[str, Any], dict[str, Any], list[tuple[str, Any]], set[str]]
 
 
 def _key_class(key: str) -> Any:
     slot = _INDEX.get(key)
     if slot is not None:
         found: Any = slot
-    elif key in _MAPPED or key in IO_KEYS:
+    elif key in IO_KEYS:
+        found = _IO
+    elif key in _MAPPED:
         found = _SKIP
     elif key.startswith(IO_PREFIXES):
         found = next(i for i, prefix in enumerate(IO_PREFIXES) if key.startswith(prefix))
@@ -241,57 +266,66 @@ def _key_class(key: str) -> Any:
 
 
 def _scan(attrs: Attributes) -> _Scan:
-    """One pass over an attribute set: its column values, its other attributes, its metadata and
-    which input/output families it has. Keys are classed once (a table), not per span."""
+    """One pass over an attribute set (see `_Scan`). Keys are classed once (a table), not per span."""
     fields: dict[str, Any] = {}
     ranks: dict[str, int] = {}
     others: dict[str, Any] = {}
     metadata: list[tuple[str, Any]] = []
-    io_prefixes: set[str] = set()
+    io: set[str] = set()
     classes = _KEY_CLASSES
     for key, value in attrs.items():
         found = classes.get(key)
         if found is None:
             found = _key_class(key)
         if found == _OTHER:
-            others[key] = _scalar(value)
+            kind = type(value)
+            others[key] = value if kind is str or kind is bool else _scalar(value)
         elif type(found) is tuple:
-            field, rank, convert = found
+            field, rank, convert, limit = found
             if ranks.get(field, 99) <= rank:
                 continue
             converted = convert(value)
             if converted is not None:
+                if limit and len(converted) > limit:
+                    converted = converted[:limit]
                 fields[field] = converted
                 ranks[field] = rank
+        elif found == _IO:
+            io.add(key)
         elif found == _META:
             metadata.append((key[len(_META_PREFIX) :], _scalar(value)))
         elif found >= 0:
-            io_prefixes.add(IO_PREFIXES[found])
-    return _Scan(fields, others, metadata, io_prefixes)
+            io.add(IO_PREFIXES[found])
+    return fields, others, metadata, io
 
 
 def collect(attrs: Attributes) -> dict[str, Any]:
     """Column values from one attribute set, each from its highest-precedence key whose value is usable."""
-    return _scan(attrs).fields
+    return _scan(attrs)[0]
 
 
 # --------------------------------------------------------------------------- columns
 def kind_of(attrs: Attributes, model: str | None, usage: Usage | None) -> SpanKind:
     """The v1 kind of a span, first matching rule wins (OTLP.md §2)."""
-    value = _str(attrs.get("foglamp.span.kind"))
-    if value and value.lower() in KINDS:
-        return value.lower()  # type: ignore[return-value]  # one of KINDS
-    value = _str(attrs.get("openinference.span.kind"))
-    if value:
-        return _OPENINFERENCE_KINDS.get(value.upper(), "custom")
-    value = _str(attrs.get("gen_ai.operation.name"))
-    if value and value in _OPERATION_KINDS:
+    get = attrs.get
+    value = get("foglamp.span.kind")
+    if value is not None:
+        value = _str(value)
+        if value and value.lower() in KINDS:
+            return value.lower()  # type: ignore[return-value]  # one of KINDS
+    value = get("openinference.span.kind")
+    if value is not None and value != "":
+        value = _str(value)
+        if value:
+            return _OPENINFERENCE_KINDS.get(value.upper(), "custom")
+    value = get("gen_ai.operation.name")
+    if type(value) is str and value in _OPERATION_KINDS:  # the kinds' names are strings only
         return _OPERATION_KINDS[value]
-    value = _str(attrs.get("traceloop.span.kind"))
-    if value and value in _TRACELOOP_KINDS:
+    value = get("traceloop.span.kind")
+    if type(value) is str and value in _TRACELOOP_KINDS:
         return _TRACELOOP_KINDS[value]
-    value = _str(attrs.get("llm.request.type"))
-    if value and value in _REQUEST_TYPES:
+    value = get("llm.request.type")
+    if type(value) is str and value in _REQUEST_TYPES:
         return _REQUEST_TYPES[value]
     operation = _str(attrs.get("ai.operationId"))
     if operation and operation.startswith("ai."):
@@ -381,33 +415,7 @@ def _metadata(raw: Any, from_resource: list[tuple[str, Any]], own: list[tuple[st
     return metadata or None
 
 
-def _attributes(span: OtlpSpan, others: dict[str, Any], resource_attributes: dict[str, Any]) -> dict[str, Any]:
-    """Every span attribute not mapped to a column (`others`), resource attributes under
-    `resource.`, scope name/version under `scope.`, values as scalars (lists and maps as JSON text)."""
-    out = others
-    out.update(resource_attributes)
-    if span.scope_name:
-        out["scope.name"] = span.scope_name
-    if span.scope_version:
-        out["scope.version"] = span.scope_version
-    if span.dropped_attributes:
-        out["otel.dropped_attributes_count"] = span.dropped_attributes
-    return out
-
-
-def nanos_to_datetime(ns: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(0, 0, ns // 1000)
-
-
 # --------------------------------------------------------------------------- helpers
-def _is_root(parent: str) -> bool:
-    return not parent or not parent.strip("0")
-
-
-def _valid_id(value: str, length: int) -> bool:
-    return len(value) == length and value != _ZEROS[length] and not value.strip(_HEX_DIGITS)
-
-
 def _exception_message(events: list[tuple[str, Attributes]]) -> str:
     for name, attrs in events:
         if name == "exception":
@@ -477,6 +485,8 @@ def _scalar(value: Any) -> str | int | float | bool:
 
 
 _CONVERTERS = {"str": _str, "int": _int, "tags": _tags, "provider": _provider, "cost": _cost}
-_INDEX: dict[str, tuple[str, int, Any]] = {
-    key: (field, rank, _CONVERTERS[kind]) for field, keys, kind in _GROUPS for rank, key in enumerate(keys)
+_INDEX: dict[str, tuple[str, int, Any, int]] = {
+    key: (field, rank, _CONVERTERS[kind], _LIMITS.get(field, 0) if kind in ("str", "provider") else 0)
+    for field, keys, kind in _GROUPS
+    for rank, key in enumerate(keys)
 }

@@ -15,7 +15,7 @@ anything else (lists, maps, other field orders, malformed bytes) to upb's own `K
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -97,28 +97,40 @@ def key_value(raw: bytes) -> tuple[str, Any]:
     return _pair(raw)
 
 
-def attributes(pairs: Iterable[bytes]) -> dict[str, Any]:
+def attributes(pairs: Sequence[bytes]) -> dict[str, Any]:
     """A list of encoded `KeyValue`s as a dict, in order (a repeated key: the last value, where
     the key came first)."""
-    return dict(map(_pair, pairs))
+    return dict(map(_pair, pairs[:]))  # a upb repeated field slices in C, iterates in Python
 
 
 def _simple(raw: bytes) -> tuple[str, Any] | None:
     """The pair when `raw` is `key` (field 1) then `value` (field 2) holding one scalar field, each
-    once; None for any other form."""
+    once; None for any other form. One-byte lengths (the common case) are read inline."""
     end = len(raw)
     if end < 4 or raw[0] != 0x0A or raw[1] >= 0x80:
         return None
     pos = 2 + raw[1]
     if pos + 2 > end or raw[pos] != 0x12:
         return None
-    length, at = _varint(raw, pos + 1)
+    length = raw[pos + 1]
+    if length < 0x80:
+        at = pos + 2
+    elif pos + 2 < end and raw[pos + 2] < 0x80:  # two bytes: up to 16 KiB
+        length, at = (length & 0x7F) | raw[pos + 2] << 7, pos + 3
+    else:
+        length, at = _varint(raw, pos + 1)
     if length < 2 or at + length != end:
         return None
     key = raw[2:pos].decode()
     tag = raw[at]
     if tag == _STRING or tag == _BYTES:
-        length, start = _varint(raw, at + 1)
+        length = raw[at + 1]
+        if length < 0x80:
+            start = at + 2
+        elif at + 2 < end and raw[at + 2] < 0x80:
+            length, start = (length & 0x7F) | raw[at + 2] << 7, at + 3
+        else:
+            length, start = _varint(raw, at + 1)
         if start + length != end:
             return None
         return key, raw[start:end].decode() if tag == _STRING else raw[start:end]
