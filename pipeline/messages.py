@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Literal, NamedTuple
 
 import msgspec
@@ -177,14 +178,10 @@ def unpack_streams(rows: memoryview) -> list[memoryview]:
     """The streams of ROWS_NATIVE `rows`, as views into them (no copy). ValueError when the lengths
     do not add up."""
     (count,) = _U32.unpack_from(rows)
-    lengths = struct.unpack_from(f"<{count}I", rows, 4)
-    at, out = 4 + 4 * count, []
-    for length in lengths:
-        out.append(rows[at : at + length])
-        at += length
-    if at != len(rows):
-        raise ValueError(f"Native rows: streams of {at} bytes in {len(rows)}")
-    return out
+    ends = list(accumulate(struct.unpack_from(f"<{count}I", rows, 4), initial=4 + 4 * count))
+    if ends[-1] != len(rows):
+        raise ValueError(f"Native rows: streams of {ends[-1]} bytes in {len(rows)}")
+    return list(map(rows.__getitem__, map(slice, ends, ends[1:])))  # no Python step per stream
 
 
 # --------------------------------------------------------------------------- spool records

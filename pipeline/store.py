@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -107,22 +109,23 @@ _CHUNK_BYTES = 256 << 10
 
 
 def _chunks(data: Sequence[bytes | bytearray | memoryview]) -> Iterator[bytes]:
-    """The buffers as bytes of about `_CHUNK_BYTES` each, the form the client takes: small ones
-    joined (a Native block is thousands of small views), big ones cut, so the client makes few
-    writes and no copy is one big allocation (each would be a fresh mmap, page-faulted in)."""
-    group: list[memoryview] = []
-    size = 0
-    for buffer in data:
-        view = memoryview(buffer)
-        for at in range(0, len(view), _CHUNK_BYTES):
-            piece = view[at : at + _CHUNK_BYTES]
-            group.append(piece)
-            size += len(piece)
-            if size >= _CHUNK_BYTES:
-                yield b"".join(group)
-                group, size = [], 0
-    if group:
-        yield b"".join(group)
+    """The buffers as bytes of `_CHUNK_BYTES` each (the last one shorter), the form the client
+    takes: small ones joined (a Native block is thousands of small views), big ones cut, so the
+    client makes few writes and no copy is one big allocation (each would be a fresh mmap,
+    page-faulted in). The buffers each chunk spans are found over the running total of their
+    sizes, so the Python work is per chunk, not per buffer."""
+    ends = list(accumulate(map(len, data)))
+    first = 0  # the first buffer the next chunk takes bytes from
+    for at in range(0, ends[-1] if ends else 0, _CHUNK_BYTES):
+        stop = min(at + _CHUNK_BYTES, ends[-1])
+        last = bisect_left(ends, stop, lo=first)  # the buffer holding the chunk's last byte
+        head = memoryview(data[first])[at - (ends[first] - len(data[first])) :]
+        if last == first:
+            yield bytes(head[: stop - at])
+        else:
+            tail = memoryview(data[last])[: stop - (ends[last] - len(data[last]))]
+            yield b"".join([head, *data[first + 1 : last], tail])
+        first = last if ends[last] > stop else last + 1
 
 
 class translate_errors:

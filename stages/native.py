@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Sequence
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any
 
 import _ch_core  # type: ignore[import-untyped]  # clickhouse-connect-core: Native codec
@@ -85,15 +85,28 @@ def _null_map(values: Column) -> bytes:
     return bytes([value is None for value in values])
 
 
+# Below this many rows a text column is encoded here (each value's UTF-8, then `_bytes_strings`):
+# the compiled codec costs ~3-4 µs a call whatever the size, ~0.15 µs a value here (measured:
+# docs/PERFORMANCE.md, "Native rows for small batches").
+_SMALL = 24
+
+
+def _utf8(values: Column) -> list[bytes]:
+    """Each str value's UTF-8 (TypeError if one is not a str)."""
+    return list(map(str.encode, values))
+
+
 def _string(kind: str) -> Callable[[Column], Streams]:
     def encode(values: Column) -> Streams:
         if len(values) > 1 and values.count(values[0]) == len(values):  # one value (an org id): repeat it
             return [encode(values[:1])[0] * len(values)]
-        if values and type(values[0]) is bytes:  # the bytes fast path
-            try:
+        try:
+            if values and type(values[0]) is bytes:  # the bytes fast path
                 return [_bytes_strings(values)]
-            except TypeError:  # a str among them
-                pass
+            if len(values) < _SMALL:
+                return [_bytes_strings(_utf8(values))]
+        except TypeError:  # a str among bytes, or the other way round
+            pass
         return [_core(kind, values)]
 
     return encode
@@ -108,8 +121,8 @@ def _nullable_string(values: Column) -> Streams:
     if None not in values:
         return [bytes(len(values)), *_strings(values)]
     first = next((value for value in values if value is not None), None)
-    if type(first) is bytes:
-        filled = [b"" if value is None else value for value in values]
+    if type(first) is bytes or len(values) < _SMALL:
+        filled = [(b"" if type(first) is bytes else "") if value is None else value for value in values]
         return [_null_map(values), *_strings(filled)]
     data = _core("Nullable(String)", values)
     return [data[: len(values)], data[len(values) :]]
@@ -117,6 +130,12 @@ def _nullable_string(values: Column) -> Streams:
 
 def _array(kind: str) -> Callable[[Column], Streams]:
     def encode(values: Column) -> Streams:
+        if len(values) < _SMALL and kind == "Array(String)":
+            try:
+                offsets = struct.pack(f"<{len(values)}Q", *accumulate(map(len, values)))
+                return [offsets, _bytes_strings(_utf8(list(chain.from_iterable(values))))]
+            except TypeError:  # not all str
+                pass
         data = _core(kind, values)
         return [data[: 8 * len(values)], data[8 * len(values) :]]
 
@@ -191,15 +210,16 @@ def stitch(batches: Sequence[tuple[int, Sequence[memoryview]]]) -> list[bytes | 
             raise ValueError(f"Native rows with {len(streams)} streams, expected {expected}")
     total = sum(rows for rows, _ in batches)
     parts: list[bytes | memoryview] = [_varint(len(COLUMNS)), _varint(total)]
+    by_stream = list(zip(*(streams for _, streams in batches), strict=True))  # each stream of every batch
     stream = 0
     for header, kind, count in zip(_COLUMN_HEADERS, NATIVE_TYPES, STREAMS_PER_COLUMN, strict=True):
         parts.append(header)
         if kind.startswith("Array("):
             parts.append(_rebased_offsets(batches, stream))
         else:
-            parts.extend(streams[stream] for _, streams in batches)
+            parts.extend(by_stream[stream])
         for extra in range(stream + 1, stream + count):
-            parts.extend(streams[extra] for _, streams in batches)
+            parts.extend(by_stream[extra])
         stream += count
     return parts
 

@@ -13,6 +13,7 @@ import msgpack
 import pytest
 import zstandard
 
+from stages.price_stage import NATIVE_MIN_ROWS
 from tests.nodes import Node, batch, cli, create_key, create_org, query, span, trace, wait_for_rows
 
 MAX_BODY = 200_000
@@ -67,15 +68,19 @@ def llm_batch(trace_id: str, n: int = 2) -> dict:
 
 
 # --------------------------------------------------------------------------- accepted forms
-def test_json_batch_is_stored_with_every_column(node: Node, key: str, org: str) -> None:
+# A small batch travels as MsgPack rows, a big one as Native columns (stages.price_stage): both
+# must store the same columns.
+@pytest.mark.parametrize("spans", [3, 60])
+def test_json_batch_is_stored_with_every_column(node: Node, key: str, org: str, spans: int) -> None:
+    assert (spans >= NATIVE_MIN_ROWS) == (spans == 60)
     t = tid()
-    response = node.post(llm_batch(t, 3), key=key)
+    response = node.post(llm_batch(t, spans), key=key)
     assert response.status_code == 202, response.text
-    assert response.json() == {"accepted": 3}
+    assert response.json() == {"accepted": spans}
     # A plain Content-Length reply, not chunked: cheaper for the server and for SDKs.
     assert response.headers["content-length"] == str(len(response.content))
     assert "transfer-encoding" not in response.headers
-    rows = stored(node.data_dir, t, 3)
+    rows = stored(node.data_dir, t, spans)
     llm = rows[0]
     assert llm["org_id"] == org and llm["trace_id"] == t and llm["span_id"] == "llm0"
     assert llm["parent_span_id"] == "root" and llm["trace_name"] == "chat"
@@ -90,7 +95,9 @@ def test_json_batch_is_stored_with_every_column(node: Node, key: str, org: str) 
     assert json.loads(llm["input"]) == {"messages": [{"role": "user", "content": "héllo"}]}
     assert json.loads(llm["output"]) == "hi" and llm["input_truncated"] is False
     assert json.loads(llm["attributes"]) == {"temperature": 0.2, "stream": False}
-    root = rows[2]
+    same = [{k: v for k, v in row.items() if k not in ("span_id", "name")} for row in rows[:-1]]
+    assert all(row == same[0] for row in same)  # every LLM span alike, but for its id and name
+    root = rows[-1]
     assert root["kind"] == "agent" and root["parent_span_id"] is None and root["model"] == ""
     assert root["priced"] is False and root["total_cost"] is None and root["input"] is None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import random
 import uuid
 from pathlib import Path
 
@@ -106,5 +107,18 @@ def test_buffers_reach_the_client_as_chunks_of_bounded_size() -> None:
     buffers = [memoryview(b) for b in small] + [big, b"", bytearray(b"tail")]
     chunks = list(_chunks(buffers))
     assert b"".join(chunks) == b"".join(bytes(b) for b in buffers)
-    assert all(isinstance(c, bytes) and len(c) < 2 * _CHUNK_BYTES for c in chunks)
-    assert len(chunks) <= (sum(map(len, buffers)) // _CHUNK_BYTES) + 1
+    assert all(isinstance(c, bytes) for c in chunks)
+    assert [len(c) for c in chunks[:-1]] == [_CHUNK_BYTES] * (len(chunks) - 1) and 0 < len(chunks[-1]) <= _CHUNK_BYTES
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_chunks_cut_any_buffers_at_the_same_places_as_one_joined_buffer(seed: int) -> None:
+    rng = random.Random(seed)
+    sizes = [0, 1, 7, _CHUNK_BYTES - 1, _CHUNK_BYTES, _CHUNK_BYTES + 1, 3 * _CHUNK_BYTES + 5]
+    buffers: list[bytes | bytearray | memoryview] = []
+    for _ in range(rng.randint(0, 30)):
+        raw = rng.randbytes(rng.choice([*sizes, rng.randint(0, 2 * _CHUNK_BYTES)]))
+        buffers.append(rng.choice([bytes, bytearray, memoryview])(raw))
+    joined = b"".join(buffers)
+    expected = [joined[at : at + _CHUNK_BYTES] for at in range(0, len(joined), _CHUNK_BYTES)]
+    assert list(_chunks(buffers)) == expected

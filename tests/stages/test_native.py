@@ -26,11 +26,13 @@ from pipeline.messages import (
 )
 from pipeline.spool import Spool
 from pipeline.store import AsyncStore, ClickHouseStore, RowFormat, Rows, open_store
+from stages import native
 from stages.admission import QuotaLedger
 from stages.flush import run_flush
 from stages.native import NATIVE_TYPES, STREAMS_PER_COLUMN, encode_streams, plain_type, stitch
 from stages.payload import Span, Trace, Usage
 from stages.price import Priced
+from stages.price_stage import NATIVE_MIN_ROWS, encode_for_store
 from stages.rows import encode_rows, span_row
 from stages.schema import COLUMN_NAMES, TABLE, ddl
 
@@ -99,6 +101,27 @@ def test_plain_types_drop_low_cardinality_and_codecs() -> None:
     assert plain_type("Array(LowCardinality(String))") == "Array(String)"
     assert plain_type("DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1))") == "DateTime64(6, 'UTC')"
     assert "LowCardinality" not in str(NATIVE_TYPES) and "CODEC" not in str(NATIVE_TYPES)
+
+
+def test_small_columns_encode_as_the_compiled_codec_does() -> None:
+    # Below native._SMALL rows, text and array columns are encoded in Python: byte for byte what
+    # the compiled codec writes (the stitched-block tests cover both paths only through the engine).
+    rows = _batch("s", 5, rich=True) + _batch("t", 2, rich=False)
+    assert len(rows) < native._SMALL
+    for index, kind in enumerate(NATIVE_TYPES):
+        values = [row[index] for row in rows]
+        if not kind.startswith(("String", "Nullable(String", "Array(String")) or type(values[0]) is bytes:
+            continue
+        assert b"".join(native._ENCODERS[index](values)) == native._core(kind, values), COLUMN_NAMES[index]
+    assert native._ENCODERS[NATIVE_TYPES.index("Array(String)")]([[], ["a"], []]) == [
+        b"\x00" * 8 + b"\x01" + b"\x00" * 7 + b"\x01" + b"\x00" * 7, b"\x01a"]
+
+
+def test_encode_for_store_picks_native_from_native_min_rows() -> None:
+    small, big = _batch("m", 3, rich=True), _batch("n", NATIVE_MIN_ROWS, rich=True)
+    assert encode_for_store(small) == (encode_rows(small), ROWS_MSGPACK)
+    assert encode_for_store(big) == (pack_streams(encode_streams(big)), ROWS_NATIVE)
+    assert encode_for_store(small, ROWS_NATIVE)[1] == ROWS_NATIVE
 
 
 def test_streams_pack_and_unpack_as_views() -> None:
