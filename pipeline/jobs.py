@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -40,6 +40,21 @@ class Job:
     payload: Any = None  # set by the validate stage: the decoded batch
     partial: Any = None  # OTLP only: a `stages.otlp.Partial` the validate stage fills for the answer
     deadline: float = 0.0  # time.monotonic() when the front answers 503 if the writer has not acked
+
+
+T = TypeVar("T")
+
+
+def with_waiting(first: T, receive: trio.MemoryReceiveChannel[T], most: int) -> list[T]:
+    """`first` and the items already waiting in `receive`, `most` in all, without waiting: how a
+    stage takes a batch (one group commit, one socket write) from a channel."""
+    batch = [first]
+    while len(batch) < most:
+        try:
+            batch.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    return batch
 
 
 def deliver(reply: trio.MemorySendChannel[Any], value: Any) -> None:

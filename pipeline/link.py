@@ -27,7 +27,7 @@ import trio
 from pipeline import messages
 from pipeline.errors import PermanentError
 from pipeline.frames import iter_frames
-from pipeline.jobs import deliver
+from pipeline.jobs import deliver, with_waiting
 from pipeline.log import get_logger
 
 log = get_logger("link")
@@ -137,9 +137,8 @@ async def _serve_connection(
         try:
             async for item in receive:
                 # Every call already waiting goes out in the same send: one syscall on each side.
-                batch = [item, *_waiting(receive, _COALESCE_CALLS - 1)]
                 messages_out = []
-                for call_ in batch:
+                for call_ in with_waiting(item, receive, _COALESCE_CALLS):
                     req_id = next(ids)
                     pending[req_id] = call_.reply
                     messages_out.append(msgspec.structs.replace(call_.message, req_id=req_id))
@@ -159,17 +158,6 @@ async def _serve_connection(
             # nobody will answer what is still pending here.
             _answer_none(pending)
     return False
-
-
-def _waiting(receive: trio.MemoryReceiveChannel[Call], most: int) -> list[Call]:
-    """Up to `most` calls already in the channel, without waiting."""
-    taken: list[Call] = []
-    while len(taken) < most:
-        try:
-            taken.append(receive.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            break
-    return taken
 
 
 def _answer_none(pending: dict[int, trio.MemorySendChannel[messages.Message | None]]) -> None:

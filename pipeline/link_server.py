@@ -22,6 +22,7 @@ import trio
 from pipeline import messages
 from pipeline.errors import PermanentError
 from pipeline.frames import frame, iter_frames
+from pipeline.jobs import with_waiting
 from pipeline.log import get_logger
 
 log = get_logger("links")
@@ -73,14 +74,9 @@ async def _serve_connection(stream: trio.SocketStream, dispatch: Dispatch, capac
 
             async def forward_replies() -> None:
                 async with receive:
-                    async for message in receive:
-                        waiting = [frame(messages.encode(message))]
-                        while True:  # everything already waiting goes out in one send
-                            try:
-                                waiting.append(frame(messages.encode(receive.receive_nowait())))
-                            except (trio.WouldBlock, trio.EndOfChannel):
-                                break
-                        await stream.send_all(b"".join(waiting))
+                    async for message in receive:  # everything already waiting goes out in one send
+                        waiting = with_waiting(message, receive, capacity)
+                        await stream.send_all(b"".join(frame(messages.encode(m)) for m in waiting))
 
             nursery.start_soon(forward_replies)
             try:

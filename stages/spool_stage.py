@@ -23,7 +23,7 @@ from pipeline.config import Config
 from pipeline.disk import low_disk_reason
 from pipeline.errors import RetryableError
 from pipeline.flush_state import FlushSignal
-from pipeline.jobs import SpoolJob
+from pipeline.jobs import SpoolJob, with_waiting
 from pipeline.log import get_logger
 from pipeline.messages import AppendReply, AppendStatus, spool_payload
 from pipeline.spool import Spool
@@ -73,12 +73,7 @@ async def run_spool(
         task_status.started()
         try:
             async for first in receive:
-                jobs = [first]
-                while len(jobs) < config.spool_max_group:
-                    try:
-                        jobs.append(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
+                jobs = with_waiting(first, receive, config.spool_max_group)
                 await _commit_group(config, spool, ledger, flush, jobs, month_of(clock()), gate)
         finally:
             flush.end()
