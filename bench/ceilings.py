@@ -151,19 +151,17 @@ def retry_after_seen() -> Iterator[dict[str, int]]:
 
 
 # --------------------------------------------------------------------------- raw store insert
-def raw_insert_child(
-    rows_wanted: int, block_rows: int, streams: int = 1, spans_per_body: int = 100, fmt: str = "MsgPack"
-) -> dict:
-    """In this process: build ~`rows_wanted` node rows, insert them in `block_rows` blocks, through
-    `streams` handles at once (one thread each, blocks dealt round-robin), in `fmt` ("MsgPack" or
-    "Native")."""
+def build_blocks(
+    rows_wanted: int, block_rows: int, spans_per_body: int = 100, fmt: str = "MsgPack"
+) -> tuple[list[tuple[bytes, int]], bytes, float]:
+    """~`rows_wanted` node rows (loadgen bodies → decode_batch → priced_rows) in blocks of
+    `block_rows` rows in `fmt` ("MsgPack", or "Native" stitched as the flush does): the blocks
+    (bytes, rows), the first body's rows alone (to warm a store up with), and the seconds spent."""
     from node.loadgen import BodyPool
     from pipeline.messages import ROWS_MSGPACK, ROWS_NATIVE, unpack_streams
-    from pipeline.store import open_store
     from stages.native import stitch
     from stages.price import PriceTable
     from stages.price_stage import priced_rows
-    from stages.schema import COLUMN_NAMES, TABLE, ddl
     from stages.validate import decode_batch
 
     pool, table = BodyPool(min(64, rows_wanted // spans_per_body + 1), spans_per_body, "json"), PriceTable.load()
@@ -186,10 +184,23 @@ def raw_insert_child(
         if in_block >= block_rows or built >= rows_wanted:
             blocks.append((join(parts), in_block))
             parts, in_block = [], 0
-    build_s = time.perf_counter() - started
+    return blocks, warm_rows, time.perf_counter() - started
+
+
+def raw_insert_child(
+    rows_wanted: int, block_rows: int, streams: int = 1, spans_per_body: int = 100, fmt: str = "MsgPack"
+) -> dict:
+    """In this process: build ~`rows_wanted` node rows, insert them in `block_rows` blocks, through
+    `streams` handles at once (one thread each, blocks dealt round-robin), in `fmt` ("MsgPack" or
+    "Native")."""
+    from pipeline.store import open_store
+    from stages.schema import COLUMN_NAMES, TABLE, ddl
+
+    blocks, warm_rows, build_s = build_blocks(rows_wanted, block_rows, spans_per_body, fmt)
+    built = sum(n for _, n in blocks)
     with tempfile.TemporaryDirectory(prefix="bench-chdb-") as tmp:
         url = f"chdb://{Path(tmp, 'clickhouse').resolve()}"
-        stores = [open_store(url) for _ in range(streams)]
+        stores = [open_store(url, durable_inserts=False) for _ in range(streams)]  # the bare engine
         try:
             for statement in ddl("foglamp"):
                 stores[0].command(statement)

@@ -80,7 +80,7 @@ def main() -> None:
         results.setdefault(key, []).append(round(value, 2))
 
     with tempfile.TemporaryDirectory(prefix="bench-native-") as tmp:
-        store = open_store(f"chdb://{Path(tmp, 'clickhouse').resolve()}")
+        store = open_store(f"chdb://{Path(tmp, 'clickhouse').resolve()}", durable_inserts=False)
         try:
             for statement in ddl("warm"):
                 store.command(statement)

@@ -42,6 +42,10 @@ class Config:
     clickhouse_url: str = ""  # empty: the embedded engine under data_dir/clickhouse
     clickhouse_database: str = "foglamp"
     clickhouse_cluster: str = ""  # with an http(s) CLICKHOUSE_URL: spans_local ON CLUSTER + Distributed spans
+    # The embedded store's inserts return once its file system has them on the disk (syncfs): the
+    # flush then lets the spool forget them. 0: rows inserted in the last ~30 s can be lost to a
+    # power cut (not to a crash of the node, nor kill -9).
+    store_sync: bool = True
 
     # --- request limits (SPEC §1, §2)
     max_body_bytes: int = 10 * MiB

@@ -10,8 +10,10 @@ accept again by itself: the check is made on every group, not latched.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 # OS errors that mean "the disk is full or its quota is used up": the store or the spool is
@@ -56,3 +58,28 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def sync_file_system(path: Path) -> None:
+    """Write everything cached for the file system of `path` to the disk, and wait (Linux's
+    `syncfs`; `os.sync`, every file system, where it is missing). Raises OSError on failure."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _syncfs is None:
+            os.sync()
+        elif _syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs({path}): {os.strerror(code)}")
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()

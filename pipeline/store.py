@@ -2,7 +2,8 @@
 
 `CLICKHOUSE_URL` chooses: `chdb:///abs/dir` is the embedded engine (the default, under the data
 dir), `http(s)://user:pass@host:8123/db` a ClickHouse server. Both go through the same
-clickhouse-connect client, so the schema and every statement are the same on both paths.
+clickhouse-connect client, so the schema and every statement are the same on both paths. An
+embedded store's insert returns only once its file system has it on the disk (`open_store`).
 
 Resource handling: `open_store` returns a `Store` that owns its client; `close()` releases it.
 The embedded engine allows a single owner per directory, so in a running node only the writer
@@ -33,7 +34,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.disk import is_disk_full
+from pipeline.disk import is_disk_full, sync_file_system
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.log import get_logger
 from pipeline.priority import StorePriority, name_this_thread, renice_this_thread
@@ -67,8 +68,9 @@ class Store(Protocol):
 
 
 class ClickHouseStore:
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, sync_directory: Path | None = None) -> None:
         self._client = client
+        self._sync_directory = sync_directory  # synced after each insert (see `open_store`)
 
     def command(self, sql: str) -> None:
         with translate_errors():
@@ -89,6 +91,8 @@ class ClickHouseStore:
         with translate_errors():
             block = data if isinstance(data, bytes) else _chunks(data)
             self._client.raw_insert(table, list(columns), insert_block=block, fmt=fmt, settings=settings)
+            if self._sync_directory is not None:  # the part on the disk before the spool lets go of it
+                sync_file_system(self._sync_directory)
 
     def query(self, sql: str, fmt: str) -> bytes:
         """Run a read query; `fmt` is one of QUERY_FORMATS' keys (json, tsv, table)."""
@@ -99,10 +103,17 @@ class ClickHouseStore:
         self._client.close()
 
 
-def open_store(url: str) -> ClickHouseStore:
-    """Open the store at `url` (chdb:// or http(s)://). Raises RetryableError if unreachable."""
+def open_store(url: str, *, durable_inserts: bool = True) -> ClickHouseStore:
+    """Open the store at `url` (chdb:// or http(s)://). Raises RetryableError if unreachable.
+
+    `durable_inserts`: an embedded store on disk (chdb:///dir) returns from an insert only once
+    its file system has written it (`sync_file_system`). ClickHouse does not fsync a new part by
+    itself, and the flush checkpoints the spool past a block once its insert returns: without the
+    sync, a power cut could lose blocks that the spool has already let go (INGEST_STORE_SYNC)."""
+    on_disk = url.startswith("chdb:///") and durable_inserts
     with translate_errors():
-        return ClickHouseStore(clickhouse_connect.get_client(dsn=url))
+        return ClickHouseStore(clickhouse_connect.get_client(dsn=url),
+                               Path(url.removeprefix("chdb://")) if on_disk else None)  # fmt: skip
 
 
 _CHUNK_BYTES = 256 << 10
@@ -292,7 +303,7 @@ def store_opener(config: Config, schema: Sequence[str]) -> Store:
         from pipeline.embedded_repair import repair_metadata
 
         repair_metadata(Path(config.store_url.removeprefix("chdb://")), config.clickhouse_database, list(schema))
-    store = open_store(config.store_url)
+    store = open_store(config.store_url, durable_inserts=config.store_sync)
     if config.store_fault_file:
         return FaultyStore(store, Path(config.store_fault_file))
     return store

@@ -122,3 +122,64 @@ def test_chunks_cut_any_buffers_at_the_same_places_as_one_joined_buffer(seed: in
     joined = b"".join(buffers)
     expected = [joined[at : at + _CHUNK_BYTES] for at in range(0, len(joined), _CHUNK_BYTES)]
     assert list(_chunks(buffers)) == expected
+
+
+def test_a_bad_insert_is_a_permanent_error_and_stores_nothing(store_and_db) -> None:
+    store, database = store_and_db
+    table = f"`{database}`.`{TABLE}`"
+    good = rows(3)
+    with pytest.raises(PermanentError):  # rows cut short: the engine cannot parse them
+        store.insert_rows(table, COLUMN_NAMES, [good, good[:-5]], fmt="MsgPack", dedup_token="cut")
+    with pytest.raises(PermanentError):
+        store.insert_rows(f"`{database}`.`no_such_table`", COLUMN_NAMES, good, fmt="MsgPack", dedup_token="x")
+    assert json.loads(store.query(f"SELECT count() AS c FROM {table}", "json")) == {"c": 0}
+    # The same token after the failure: nothing of the failed insert was kept under it.
+    store.insert_rows(table, COLUMN_NAMES, good, fmt="MsgPack", dedup_token="cut")
+    assert json.loads(store.query(f"SELECT count() AS c FROM {table}", "json")) == {"c": 3}
+
+
+def test_dedup_tokens_with_quotes_and_backslashes(store_and_db) -> None:
+    store, database = store_and_db
+    table = f"`{database}`.`{TABLE}`"
+    token = "0:1-0:9/Native'\\x\\'"
+    for _ in range(2):
+        store.insert_rows(table, COLUMN_NAMES, rows(4), fmt="MsgPack", dedup_token=token)
+    store.insert_rows(table, COLUMN_NAMES, rows(4), fmt="MsgPack", dedup_token=token + "'")  # another block
+    assert json.loads(store.query(f"SELECT count() AS c FROM {table}", "json")) == {"c": 8}
+
+
+def test_an_embedded_insert_returns_only_after_its_file_system_sync(tmp_path: Path) -> None:
+    """A sync that fails makes the insert a RetryableError (the flush retries it, and the table's
+    dedup token keeps the retry from storing the rows twice); without the sync nothing fails."""
+    url = f"chdb://{tmp_path / 'clickhouse'}"
+    store = open_store(url)
+    table = f"`foglamp`.`{TABLE}`"
+    try:
+        for statement in ddl("foglamp"):
+            store.command(statement)
+        store._sync_directory = tmp_path / "gone"  # a sync that cannot be made
+        with pytest.raises(RetryableError, match="gone"):
+            store.insert_rows(table, COLUMN_NAMES, rows(3), fmt="MsgPack", dedup_token="t")
+        store._sync_directory = tmp_path / "clickhouse"
+        store.insert_rows(table, COLUMN_NAMES, rows(3), fmt="MsgPack", dedup_token="t")  # the flush's retry
+        assert json.loads(store.query(f"SELECT count() AS c FROM {table}", "json")) == {"c": 3}
+    finally:
+        store.close()
+    unsynced = open_store(url, durable_inserts=False)
+    try:
+        assert unsynced._sync_directory is None
+    finally:
+        unsynced.close()
+
+
+def test_the_node_opens_its_embedded_store_with_durable_inserts(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+    from pipeline.store import ClickHouseStore, store_opener
+
+    for environ, directory in (({}, tmp_path / "data" / "clickhouse"), ({"INGEST_STORE_SYNC": "0"}, None)):
+        config = load_config({"INGEST_DATA_DIR": str(tmp_path / "data"), **environ})
+        store = store_opener(config, ddl(config.clickhouse_database))
+        try:
+            assert isinstance(store, ClickHouseStore) and store._sync_directory == directory
+        finally:
+            store.close()
