@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -306,14 +307,22 @@ async def _insert_with_retry(config: Config, insert: Insert, block: Block, healt
 
 
 def write_deadletter(directory: Path, block: Block) -> Path:
-    """Keep a refused block's spool records, length-prefixed, for the operator."""
+    """Keep a refused block's spool records, length-prefixed, for the operator: on the disk (file
+    and directory fsynced) before the flush checkpoints the spool past them."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{block.token.replace(':', '_').replace('#', '_')}.records"
     partial = path.with_suffix(".partial")
     try:
         with open(partial, "wb") as out:
             out.writelines(len(record).to_bytes(4, "big") + record for record in block.records)
+            out.flush()
+            os.fsync(out.fileno())
         partial.replace(path)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError:
         partial.unlink(missing_ok=True)  # a half-written file is not a dead letter
         raise
