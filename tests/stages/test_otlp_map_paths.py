@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -115,3 +116,57 @@ def test_json_typed_values_are_kept_as_sent(value: str, stored: bytes) -> None:
     assert isinstance(trace, Trace)
     assert trace.spans[0].input == stored
     assert json.loads(stored) == (json.loads(value) if stored != b'"not json"' else value)
+
+
+@pytest.mark.parametrize(("attrs", "stored"), [
+    ({"gen_ai.input.messages": '[{"role": "user",  "parts": []}]'}, b'[{"role": "user",  "parts": []}]'),
+    ({"gen_ai.input.messages": '[{"role": "user"}]', "gen_ai.system_instructions": '[{"content": "Be brief"}]'},
+     b'[{"role":"system","parts":[{"content":"Be brief"}]},{"role":"user"}]'),  # both decoded, combined
+    ({"gen_ai.tool.call.arguments": ' {"q": 1}'}, b' {"q": 1}'),
+    ({"gen_ai.tool.call.arguments": "{not json"}, b'"{not json"'),
+])  # fmt: skip
+def test_json_texts_are_stored_as_plain_bytes(attrs: dict[str, Any], stored: bytes) -> None:
+    trace = map_span(_span(attrs, []))
+    assert isinstance(trace, Trace)
+    value = trace.spans[0].input
+    assert type(value) is bytes and value == stored  # plain bytes: the small batches' MsgPack rows take them
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(value)) == stored
+
+
+def _ids_reference(trace_id: str, span_id: str, parent: str) -> str | None:
+    """The id checks as written before `usable`'s one-pass test: each id on its own."""
+    hex_digits = "0123456789abcdef"
+    if len(trace_id) != 32 or trace_id == "0" * 32 or trace_id.strip(hex_digits):
+        return f"invalid trace id {trace_id[:64]!r}: must be 16 bytes, not all zero"
+    if len(span_id) != 16 or span_id == "0" * 16 or span_id.strip(hex_digits):
+        return f"invalid span id {span_id[:64]!r}: must be 8 bytes, not all zero"
+    if parent and parent.strip("0") and (len(parent) != 16 or parent.strip(hex_digits)):
+        return f"invalid parent span id {parent[:64]!r}: must be 8 bytes"
+    if parent == span_id:
+        return "parent span id equals the span id"
+    return None
+
+
+def _id(length: int) -> st.SearchStrategy[str]:
+    """Ids that are mostly almost right: lowercase hex of about the right length, zeros, one odd
+    character (uppercase, not hex, non-ASCII, a lone surrogate)."""
+    odd = st.sampled_from(["A", "g", "x", " ", "é", "\udc80", "0", "f", "-"])
+    hex_id = st.text("0123456789abcdef", min_size=length - 1, max_size=length + 1)
+    spoiled = st.tuples(st.text("0123456789abcdef", min_size=length, max_size=length), st.integers(0, length - 1),
+                        odd).map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + 1 :])  # fmt: skip
+    return st.one_of(hex_id, spoiled, st.just("0" * length), st.just(""), st.sampled_from(["00", "0" * 32]))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_id(32), _id(16), _id(16), st.booleans())
+def test_id_checks_name_the_same_problem_as_each_id_checked_alone(trace_id: str, span_id: str, parent: str,
+                                                                   same: bool) -> None:  # fmt: skip
+    if same:
+        parent = span_id
+    span = _span({}, [], trace_id=trace_id, span_id=span_id, parent_span_id=parent)
+    expected = _ids_reference(trace_id, span_id, parent)
+    result = map_span(span)
+    if expected is None:
+        assert isinstance(result, Trace)
+    else:
+        assert not isinstance(result, Trace) and result.reason == expected
