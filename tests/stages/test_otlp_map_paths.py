@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from stages.otlp_decode import OtlpSpan
 from stages.otlp_io import IO_KEYS, IO_PREFIXES, extract_input, extract_output, io_present
-from stages.otlp_map import kind_of, map_span
+from stages.otlp_map import _id_problem, kind_of, map_span
 from stages.payload import Trace
 
 EVERY_FAMILY = frozenset({*IO_KEYS, *IO_PREFIXES})  # every family looked for: the full look-up
@@ -133,20 +133,6 @@ def test_json_texts_are_stored_as_plain_bytes(attrs: dict[str, Any], stored: byt
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(value)) == stored
 
 
-def _ids_reference(trace_id: str, span_id: str, parent: str) -> str | None:
-    """The id checks as written before `usable`'s one-pass test: each id on its own."""
-    hex_digits = "0123456789abcdef"
-    if len(trace_id) != 32 or trace_id == "0" * 32 or trace_id.strip(hex_digits):
-        return f"invalid trace id {trace_id[:64]!r}: must be 16 bytes, not all zero"
-    if len(span_id) != 16 or span_id == "0" * 16 or span_id.strip(hex_digits):
-        return f"invalid span id {span_id[:64]!r}: must be 8 bytes, not all zero"
-    if parent and parent.strip("0") and (len(parent) != 16 or parent.strip(hex_digits)):
-        return f"invalid parent span id {parent[:64]!r}: must be 8 bytes"
-    if parent == span_id:
-        return "parent span id equals the span id"
-    return None
-
-
 def _id(length: int) -> st.SearchStrategy[str]:
     """Ids that are mostly almost right: lowercase hex of about the right length, zeros, one odd
     character (uppercase, not hex, non-ASCII, a lone surrogate)."""
@@ -164,7 +150,7 @@ def test_id_checks_name_the_same_problem_as_each_id_checked_alone(trace_id: str,
     if same:
         parent = span_id
     span = _span({}, [], trace_id=trace_id, span_id=span_id, parent_span_id=parent)
-    expected = _ids_reference(trace_id, span_id, parent)
+    expected = _id_problem(trace_id, span_id, parent)  # each id checked on its own, as before
     result = map_span(span)
     if expected is None:
         assert isinstance(result, Trace)
