@@ -34,6 +34,11 @@ log = get_logger("link")
 
 # At most this many calls share one send (bounds the frame buffer a burst of Appends can grow).
 _COALESCE_CALLS = 16
+# ... and at most about this many bytes of rows: the connection's frame buffer stays below the
+# allocator's mmap threshold (MALLOC_MMAP_THRESHOLD_, 1 MiB, pipeline/supervisor.py). Above it, the
+# buffer is mapped afresh for the send and unmapped when the next small one shrinks it: a page
+# fault for every 4 KiB of rows (docs/PERFORMANCE.md, "OTLP front path, fourth pass").
+_SEND_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +148,8 @@ async def _serve_connection(
                     pending[req_id] = call_.reply
                     messages_out.append(msgspec.structs.replace(call_.message, req_id=req_id))
                 try:
-                    await stream.send_all(out.encode_all(messages_out))
+                    for group in send_groups(messages_out, _SEND_BYTES):
+                        await stream.send_all(out.encode_all(group))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     nursery.cancel_scope.cancel()
                     return False
@@ -158,6 +164,22 @@ async def _serve_connection(
             # nobody will answer what is still pending here.
             _answer_none(pending)
     return False
+
+
+def send_groups(messages_out: list[messages.Message], max_bytes: int) -> list[list[messages.Message]]:
+    """`messages_out` in order, cut into groups of at most `max_bytes` of `Append` rows each (other
+    messages are small and join the group before them; an `Append` larger than `max_bytes` starts
+    a group of its own): one send each."""
+    groups: list[list[messages.Message]] = [[]]
+    size = 0
+    for message in messages_out:
+        rows = len(message.rows) if isinstance(message, messages.Append) else 0
+        if rows and groups[-1] and size + rows > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(message)
+        size += rows
+    return groups
 
 
 def _answer_none(pending: dict[int, trio.MemorySendChannel[messages.Message | None]]) -> None:

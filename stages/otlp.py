@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pipeline.jobs import Rejected
 from stages.decompress import TooLarge, Undecodable, decompress
 from stages.otlp_answer import PROTOBUF
-from stages.otlp_decode import decode_json, decode_protobuf
+from stages.otlp_decode import OtlpSpan, decode_json, decode_protobuf
 from stages.otlp_map import Problem, map_span
 from stages.payload import Batch, Trace
 
@@ -40,6 +40,11 @@ def check_otlp(body: bytes | bytearray, media: str, encoding: str, max_decompres
     spans = decode_protobuf(raw) if media == PROTOBUF else decode_json(raw)
     if isinstance(spans, Undecodable):
         return Rejected(400, {"error": "invalid_body", "message": spans.message})
+    return map_spans(spans, partial)
+
+
+def map_spans(spans: list[OtlpSpan], partial: Partial | None = None) -> Batch:
+    """Decoded spans as a Batch of one-span traces (the usable ones); `partial` gets the rest."""
     roots = {s.trace_id: s.name for s in spans if not s.parent_span_id.strip("0")}
     traces: list[Trace] = []
     problems: list[Problem] = []

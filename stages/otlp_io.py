@@ -180,8 +180,11 @@ def _first(attrs: Attributes, keys: tuple[str, ...], present: Collection[str]) -
 _OPENERS = frozenset('{["')  # how JSON text of an object, array or string starts
 
 
-class JsonText(bytes):
-    """An attribute's JSON text, checked to parse, kept as sent: stored without a re-encode."""
+class JsonText(msgspec.Struct, gc=False):
+    """An attribute's JSON text, checked to parse, kept as sent: stored without a re-encode. A
+    wrapper, not a `bytes` subclass: the text is not copied into it, nor out of it (`_text`)."""
+
+    raw: bytes
 
 
 def _parsed(value: Any) -> Any:
@@ -208,7 +211,7 @@ def _json_text(text: str) -> JsonText | str:
 
 def _value(value: Any) -> Any:
     """The value of `_parsed`, decoded (to combine it with others)."""
-    return _json_decode(value) if isinstance(value, JsonText) else value
+    return _json_decode(value.raw) if type(value) is JsonText else value
 
 
 def _parsed_map(attrs: Attributes) -> dict[str, Any]:
@@ -219,7 +222,7 @@ def _text(value: Any) -> bytes | None:
     if value is None:
         return None
     if type(value) is JsonText:
-        return bytes(value)
+        return value.raw
     try:
         return _json.encode(value)
     except (TypeError, ValueError, OverflowError):  # bytes, NaN, huge ints: made JSON-safe first

@@ -29,7 +29,8 @@ _EARLIEST_NS = -2208988800 * 10**9  # 1900-01-01, as stages.validate.EARLIEST
 _LATEST_NS = 10413791999 * 10**9  # 2299-12-31T23:59:59
 _MAX_TOKENS = 2**53 - 1
 _HEX_DIGITS = "0123456789abcdef"
-_ZEROS = {32: "0" * 32, 16: "0" * 16}  # all-zero ids, by length
+_HEX_BYTES = _HEX_DIGITS.encode()
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16  # all-zero ids
 _STATUS: dict[int, SpanStatus] = {0: "unset", 1: "ok", 2: "error"}
 _json = msgspec.json.Encoder()
 
@@ -116,14 +117,16 @@ class Problem:
 def usable(span: OtlpSpan) -> str | None:
     """None when the span can be stored, else the reason it cannot."""
     trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
-    if len(trace_id) != 32 or trace_id == _ZEROS[32] or trace_id.strip(_HEX_DIGITS):
-        return f"invalid trace id {trace_id[:64]!r}: must be 16 bytes, not all zero"
-    if len(span_id) != 16 or span_id == _ZEROS[16] or span_id.strip(_HEX_DIGITS):
-        return f"invalid span id {span_id[:64]!r}: must be 8 bytes, not all zero"
-    if parent and parent.strip("0") and (len(parent) != 16 or parent.strip(_HEX_DIGITS)):
-        return f"invalid parent span id {parent[:64]!r}: must be 8 bytes"
-    if parent == span_id:
-        return "parent span id equals the span id"
+    # The usual span passes one test: right lengths, ids not zero or equal, and every character of
+    # the three ids lowercase hex (one C pass over their bytes: under half the cost of three
+    # `str.strip`s). Anything else is named by `_id_problem`.
+    ids = trace_id + span_id + parent
+    if len(trace_id) != 32 or len(span_id) != 16 or (parent and len(parent) != 16) or parent == span_id \
+            or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN or not ids.isascii() \
+            or ids.encode().translate(None, _HEX_BYTES):  # fmt: skip
+        reason = _id_problem(trace_id, span_id, parent)
+        if reason is not None:
+            return reason
     end = span.end_ns
     start = span.start_ns or end
     if not start:
@@ -132,6 +135,19 @@ def usable(span: OtlpSpan) -> str | None:
         return "timestamp must be between 1900-01-01 and 2299-12-31 (UTC)"
     if end and end < start:
         return "endTimeUnixNano is before startTimeUnixNano"
+    return None
+
+
+def _id_problem(trace_id: str, span_id: str, parent: str) -> str | None:
+    """What is wrong with a span's ids, if anything (`usable`'s checks one by one)."""
+    if len(trace_id) != 32 or trace_id == _ZERO_TRACE or trace_id.strip(_HEX_DIGITS):
+        return f"invalid trace id {trace_id[:64]!r}: must be 16 bytes, not all zero"
+    if len(span_id) != 16 or span_id == _ZERO_SPAN or span_id.strip(_HEX_DIGITS):
+        return f"invalid span id {span_id[:64]!r}: must be 8 bytes, not all zero"
+    if parent and parent.strip("0") and (len(parent) != 16 or parent.strip(_HEX_DIGITS)):
+        return f"invalid parent span id {parent[:64]!r}: must be 8 bytes"
+    if parent == span_id:
+        return "parent span id equals the span id"
     return None
 
 

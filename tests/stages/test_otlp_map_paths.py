@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stages.otlp_decode import OtlpSpan
 from stages.otlp_io import IO_KEYS, IO_PREFIXES, extract_input, extract_output, io_present
-from stages.otlp_map import kind_of, map_span
+from stages.otlp_map import _id_problem, kind_of, map_span
 from stages.payload import Trace
 
 EVERY_FAMILY = frozenset({*IO_KEYS, *IO_PREFIXES})  # every family looked for: the full look-up
@@ -115,3 +116,43 @@ def test_json_typed_values_are_kept_as_sent(value: str, stored: bytes) -> None:
     assert isinstance(trace, Trace)
     assert trace.spans[0].input == stored
     assert json.loads(stored) == (json.loads(value) if stored != b'"not json"' else value)
+
+
+@pytest.mark.parametrize(("attrs", "stored"), [
+    ({"gen_ai.input.messages": '[{"role": "user",  "parts": []}]'}, b'[{"role": "user",  "parts": []}]'),
+    ({"gen_ai.input.messages": '[{"role": "user"}]', "gen_ai.system_instructions": '[{"content": "Be brief"}]'},
+     b'[{"role":"system","parts":[{"content":"Be brief"}]},{"role":"user"}]'),  # both decoded, combined
+    ({"gen_ai.tool.call.arguments": ' {"q": 1}'}, b' {"q": 1}'),
+    ({"gen_ai.tool.call.arguments": "{not json"}, b'"{not json"'),
+])  # fmt: skip
+def test_json_texts_are_stored_as_plain_bytes(attrs: dict[str, Any], stored: bytes) -> None:
+    trace = map_span(_span(attrs, []))
+    assert isinstance(trace, Trace)
+    value = trace.spans[0].input
+    assert type(value) is bytes and value == stored  # plain bytes: the small batches' MsgPack rows take them
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(value)) == stored
+
+
+def _id(length: int) -> st.SearchStrategy[str]:
+    """Ids that are mostly almost right: lowercase hex of about the right length, zeros, one odd
+    character (uppercase, not hex, non-ASCII, a lone surrogate)."""
+    odd = st.sampled_from(["A", "g", "x", " ", "é", "\udc80", "0", "f", "-"])
+    hex_id = st.text("0123456789abcdef", min_size=length - 1, max_size=length + 1)
+    spoiled = st.tuples(st.text("0123456789abcdef", min_size=length, max_size=length), st.integers(0, length - 1),
+                        odd).map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + 1 :])  # fmt: skip
+    return st.one_of(hex_id, spoiled, st.just("0" * length), st.just(""), st.sampled_from(["00", "0" * 32]))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_id(32), _id(16), _id(16), st.booleans())
+def test_id_checks_name_the_same_problem_as_each_id_checked_alone(trace_id: str, span_id: str, parent: str,
+                                                                   same: bool) -> None:  # fmt: skip
+    if same:
+        parent = span_id
+    span = _span({}, [], trace_id=trace_id, span_id=span_id, parent_span_id=parent)
+    expected = _id_problem(trace_id, span_id, parent)  # each id checked on its own, as before
+    result = map_span(span)
+    if expected is None:
+        assert isinstance(result, Trace)
+    else:
+        assert not isinstance(result, Trace) and result.reason == expected
