@@ -1,12 +1,15 @@
 """GET /docs in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium):
 the reference renders from the node's /openapi.json and its playground talks to the node itself.
 
-Skips, saying why, where no Chromium is installed (`.ci/run` installs it). The run writes
-docs/docs-page.png, the screenshot README.md shows.
+Skips, saying why, where no Chromium is installed (`.ci/run` installs it). The run takes a
+screenshot of the page showing the 202; with FOGLAMP_UPDATE_SCREENSHOT=1 it replaces
+docs/docs-page.png, the one README.md shows (otherwise it goes to the test's temporary directory,
+so that a test run leaves the tree as it was).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -20,7 +23,7 @@ from tests.nodes import REPO, Node, create_key, create_org, query, wait_for_rows
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SCREENSHOT = REPO / "docs" / "docs-page.png"
+README_SCREENSHOT = REPO / "docs" / "docs-page.png"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=1280,1700")  # fmt: skip
@@ -140,7 +143,8 @@ def test_docs_assets_are_served_offline(node: Node) -> None:
     assert httpx.get(f"{node.url}{prefix}/index.html").status_code == 404  # only the listed files
 
 
-def test_playground_sends_batches_to_the_node(node: Node, key: str, browser: WebDriver) -> None:
+def test_playground_sends_batches_to_the_node(node: Node, key: str, browser: WebDriver, tmp_path: Path) -> None:
+    screenshot = README_SCREENSHOT if os.environ.get("FOGLAMP_UPDATE_SCREENSHOT") == "1" else tmp_path / "docs-page.png"
     browser.get(f"{node.url}/docs")
     # The reference renders every path of the node's document.
     wait_for(browser, INGEST)
@@ -155,8 +159,9 @@ def test_playground_sends_batches_to_the_node(node: Node, key: str, browser: Web
     # With a key, the ready example as is: 202 and its spans are stored.
     authorize(browser, key)
     choose_example(browser, "valid")
-    status, body = execute(browser, screenshot=SCREENSHOT)
+    status, body = execute(browser, screenshot=screenshot)
     assert status == "202" and '"accepted": 2' in body, (status, body)
+    assert screenshot.stat().st_size > 10_000  # a PNG of the rendered page
     sql = "SELECT count() AS c FROM foglamp.spans FINAL WHERE trace_id = 'docs-example-trace'"
     assert wait_for_rows(node.data_dir, sql, 2) == 2
     rows = query(node.data_dir, "SELECT span_id, model FROM foglamp.spans FINAL "
