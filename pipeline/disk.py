@@ -13,7 +13,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # OS errors that mean "the disk is full or its quota is used up": the store or the spool is
@@ -60,18 +61,30 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+@contextmanager
+def _directory_fd(path: Path) -> Iterator[int]:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the directory's entries (files created, renamed, removed in it) durable."""
+    with _directory_fd(path) as fd:
+        os.fsync(fd)
+
+
 def sync_file_system(path: Path) -> None:
     """Write everything cached for the file system of `path` to the disk, and wait (Linux's
     `syncfs`; `os.sync`, every file system, where it is missing). Raises OSError on failure."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+    with _directory_fd(path) as fd:
         if _syncfs is None:
             os.sync()
         elif _syncfs(fd) != 0:
             code = ctypes.get_errno()
             raise OSError(code, f"syncfs({path}): {os.strerror(code)}")
-    finally:
-        os.close(fd)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:

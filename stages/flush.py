@@ -37,6 +37,7 @@ import trio
 
 from pipeline import metrics
 from pipeline.config import Config
+from pipeline.disk import fsync_directory
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.flush_state import FlushHealth, FlushSignal
 from pipeline.log import get_logger
@@ -318,11 +319,7 @@ def write_deadletter(directory: Path, block: Block) -> Path:
             out.flush()
             os.fsync(out.fileno())
         partial.replace(path)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(directory)
     except OSError:
         partial.unlink(missing_ok=True)  # a half-written file is not a dead letter
         raise
