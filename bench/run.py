@@ -334,13 +334,13 @@ def render(r: dict) -> str:
         f"{FLUSH.flush_max_rows:,} rows or {FLUSH.flush_max_bytes >> 20} MiB (about "
         f"{FLUSH.flush_max_bytes // max(ins['bytes_per_row'], 1):,} rows of these). The raw insert is measured "
         "before and after the node's phases (the machine's speed drifts); the ratio uses their mean. It is one "
-        "insert stream, what one inserting process takes; while a whole block waits behind the one it inserts, "
-        f"the writer inserts up to "
-        f"{FLUSH.flush_parallel_inserts} blocks at once (INGEST_FLUSH_PARALLEL_INSERTS), so the same rows through 2 "
-        "streams at once are shown beside it, for reference. Every raw insert runs with the allocator settings "
-        "the node's writer gives its embedded store (pipeline/supervisor.py, MALLOC_ENV: jemalloc returns freed "
-        "pages at once, which keeps the writer's memory peak lower and costs its inserts page faults); the same "
-        "rows with jemalloc's default decay are shown beside it, for reference.",
+        "insert stream, what one inserting process takes; the writer inserts "
+        f"{FLUSH.flush_parallel_inserts} block(s) at once while a whole block waits behind the one it inserts "
+        "(INGEST_FLUSH_PARALLEL_INSERTS), and the same rows through 2 streams at once are shown beside it, for "
+        "reference. The raw inserts marked so run with the allocator settings the node's writer gives its embedded "
+        "store (pipeline/supervisor.py, MALLOC_ENV: jemalloc keeps freed pages 1 s instead of its default 10 s, "
+        "which bounds the writer's memory); the Native ceiling of the targets, and one MsgPack insert for "
+        "reference, run with jemalloc's default decay.",
         f"- Sustained rate = e2e persisted spans/s / {spans} = {n['sustained_requests_per_s']} requests/s. Open-loop "
         "latency counts from each request's scheduled send time; a 429/503 is retried with the same body after "
         "its Retry-After, and a retry that would start after the phase is abandoned.",
@@ -379,7 +379,7 @@ def run(plan: SimpleNamespace, command: str) -> dict:
     # spool is backed up (INGEST_FLUSH_PARALLEL_INSERTS); the target is against one stream.
     c["raw_insert_2_streams"] = ceilings.measure_raw_insert(plan.insert_rows, plan.block_rows, streams=2)
     # For reference: one stream with jemalloc's default decay (freed pages kept ~10 s), which the
-    # writer does not use (pipeline/supervisor.py, MALLOC_ENV: its memory peak is lower without).
+    # writer does not use (pipeline/supervisor.py, MALLOC_ENV: it keeps them 1 s, for its memory).
     c["raw_insert_default_allocator"] = ceilings.measure_raw_insert(plan.insert_rows, plan.block_rows,
                                                                     node_allocator=False)  # fmt: skip
     # Issue 16's ceiling: the same rows in Native, 50k-row blocks, one stream, the store's default

@@ -102,8 +102,8 @@ class Config:
     flush_max_rows: int = 50_000
     flush_max_bytes: int = 32 * MiB
     # Blocks inserted at once while a whole further block waits (stages/flush.py); each one holds
-    # its block and the store's working memory for it.
-    flush_parallel_inserts: int = 2
+    # its block and the store's working memory for it (~240 MB at the peak: one by default).
+    flush_parallel_inserts: int = 1
     flush_retry_max_s: float = 30.0
     spool_max_bytes: int = 1024 * MiB
     # Backpressure before the cap: while more than this waits to be flushed (8 flush blocks, about

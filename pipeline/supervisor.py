@@ -40,13 +40,15 @@ RESTART_MAX_DELAY_S = 30.0
 STABLE_AFTER_S = 10.0  # a child that ran this long is restarted at once again
 # glibc malloc for processes that move 100 KB+ buffers all day: few arenas; buffers up to 1 MiB
 # (request bodies, frames, spool records) reuse heap memory instead of fresh pages, and the
-# embedded ClickHouse's jemalloc returns freed pages at once. Why these values:
+# embedded ClickHouse's jemalloc keeps freed pages for 1 s (not its default 10 s), long enough for
+# the next insert to reuse them, and a background thread returns them on time even from an arena
+# gone quiet (without it, only that arena's next allocation would). Why these values:
 # docs/PERFORMANCE.md ("Allocator settings"). An operator's own values in the environment win.
 MALLOC_ENV = {
     "MALLOC_ARENA_MAX": "2",
     "MALLOC_MMAP_THRESHOLD_": "1048576",
     "MALLOC_TRIM_THRESHOLD_": "4194304",
-    "JE_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0",
+    "JE_MALLOC_CONF": "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0",
 }
 
 
