@@ -337,7 +337,8 @@ def render(r: dict) -> str:
         "insert stream, what one inserting process takes; the writer inserts "
         f"{FLUSH.flush_parallel_inserts} block(s) at once while a whole block waits behind the one it inserts "
         "(INGEST_FLUSH_PARALLEL_INSERTS), and the same rows through 2 streams at once are shown beside it, for "
-        "reference. The raw inserts marked so run with the allocator settings the node's writer gives its embedded "
+        "reference. The raw inserts whose row names the node's JE_MALLOC_CONF run with the allocator settings the "
+        "node's writer gives its embedded "
         "store (pipeline/supervisor.py, MALLOC_ENV: jemalloc keeps freed pages 1 s instead of its default 10 s, "
         "which bounds the writer's memory); the Native ceiling of the targets, and one MsgPack insert for "
         "reference, run with jemalloc's default decay.",

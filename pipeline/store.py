@@ -110,10 +110,15 @@ def open_store(url: str, *, durable_inserts: bool = True) -> ClickHouseStore:
     its file system has written it (`sync_file_system`). ClickHouse does not fsync a new part by
     itself, and the flush checkpoints the spool past a block once its insert returns: without the
     sync, a power cut could lose blocks that the spool has already let go (INGEST_STORE_SYNC)."""
-    on_disk = url.startswith("chdb:///") and durable_inserts
+    directory = embedded_directory(url)
+    on_disk = durable_inserts and directory is not None and directory.is_absolute()
     with translate_errors():
-        return ClickHouseStore(clickhouse_connect.get_client(dsn=url),
-                               Path(url.removeprefix("chdb://")) if on_disk else None)  # fmt: skip
+        return ClickHouseStore(clickhouse_connect.get_client(dsn=url), directory if on_disk else None)
+
+
+def embedded_directory(url: str) -> Path | None:
+    """The directory of an embedded store's URL (`chdb://<dir>`), None for a server."""
+    return Path(url.removeprefix("chdb://")) if url.startswith("chdb://") else None
 
 
 _CHUNK_BYTES = 256 << 10
@@ -299,10 +304,10 @@ def store_opener(config: Config, schema: Sequence[str]) -> Store:
     embedded store's metadata cut short by a full disk is first rebuilt from `schema` (its DDL)."""
     from pipeline.testing import FaultyStore  # it imports this module
 
-    if config.store_url.startswith("chdb://"):
+    if (directory := embedded_directory(config.store_url)) is not None:
         from pipeline.embedded_repair import repair_metadata
 
-        repair_metadata(Path(config.store_url.removeprefix("chdb://")), config.clickhouse_database, list(schema))
+        repair_metadata(directory, config.clickhouse_database, list(schema))
     store = open_store(config.store_url, durable_inserts=config.store_sync)
     if config.store_fault_file:
         return FaultyStore(store, Path(config.store_fault_file))
